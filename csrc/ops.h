@@ -1,0 +1,39 @@
+// Declarations of the kernels behind torch.ops.mtd.* (schemas live in mtd_kernels/ops/*.py).
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+namespace mtd {
+
+// CP3: 1x1 (R,S,1,1) -> depthwise (R,1,kh,kw) -> 1x1 (T,R,1,1) + bias [ReLU]
+at::Tensor cp_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,
+                         const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu);
+
+// CP4: 1x1 -> depthwise (R,1,kh,1) -> depthwise (R,1,1,kw) -> 1x1 + bias [ReLU]
+at::Tensor cp4_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_vertical,
+                          const at::Tensor& w_horizontal, const at::Tensor& w_last,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, bool relu);
+
+// Tucker-2: 1x1 (R1,S,1,1) -> dense core (R2,R1,kh,kw) -> 1x1 (T,R2,1,1) + bias [ReLU]
+at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_core,
+                             const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             bool relu);
+
+#ifdef MTD_WITH_CUDA
+at::Tensor cp_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,
+                          const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu);
+at::Tensor cp4_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_vertical,
+                           const at::Tensor& w_horizontal, const at::Tensor& w_last,
+                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool relu);
+at::Tensor tucker_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_core,
+                              const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                              bool relu);
+#endif
+
+}  // namespace mtd

@@ -1,0 +1,42 @@
+// Registers the compiled kernels for the schemas defined (once) in mtd_kernels/ops/*.py, and the
+// small Python module mtd_kernels._C. The CUDA kernels are exposed as plain functions: the Python
+// CUDA entry of each op (mtd_kernels/dispatch.py) chooses between them and Triton.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY_IMPL(mtd, CPU, m) {
+  m.impl("cp_conv2d", &mtd::cp_conv2d_cpu);
+  m.impl("cp4_conv2d", &mtd::cp4_conv2d_cpu);
+  m.impl("tucker_conv2d", &mtd::tucker_conv2d_cpu);
+}
+
+namespace {
+bool has_cuda() {
+#ifdef MTD_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool has_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mtd compiled kernels (CPU always; CUDA when built with it)";
+  m.def("has_cuda", &has_cuda, "True when the hand-written CUDA kernels were compiled in");
+  m.def("has_openmp", &has_openmp, "True when the CPU kernels were compiled with OpenMP");
+#ifdef MTD_WITH_CUDA
+  m.def("cp_conv2d_cuda", &mtd::cp_conv2d_cuda);
+  m.def("cp4_conv2d_cuda", &mtd::cp4_conv2d_cuda);
+  m.def("tucker_conv2d_cuda", &mtd::tucker_conv2d_cuda);
+#endif
+}

@@ -1,0 +1,61 @@
+"""mtd_kernels — the ``torch.ops.mtd`` ops: fused CP / CP4 / Tucker-2 convolutions.
+
+Importing is safe on any machine: no GPU is queried, Triton is optional, and a missing compiled
+extension only means the CPU ops run their (warned-about) pure-PyTorch implementation.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import ops  # defines the schemas (must come before the extension registers kernels)
+from ._loader import extension_error, load_extension
+from .ops._chain import pair
+
+_ext = load_extension()
+if _ext is None:
+    ops.register_cpu_fallbacks()
+
+from .dispatch import cuda_backend, set_cuda_backend  # noqa: E402
+
+
+def extension_available() -> bool:
+    """True when the compiled C++ (and maybe CUDA) kernels are loaded."""
+    return _ext is not None
+
+
+def cuda_extension_available() -> bool:
+    """True when the extension was built with the hand-written CUDA kernels."""
+    return _ext is not None and bool(getattr(_ext, "has_cuda", lambda: False)())
+
+
+def cp_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_depthwise: torch.Tensor, w_last: torch.Tensor,
+              bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
+              relu: bool = False) -> torch.Tensor:
+    """Fused CP3 conv; see :mod:`mtd_kernels.ops.cp_conv2d` for shapes."""
+    return torch.ops.mtd.cp_conv2d(x, w_first, w_depthwise, w_last, bias, pair(stride, "stride"),
+                                   pair(padding, "padding"), pair(dilation, "dilation"), relu)
+
+
+def cp4_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_vertical: torch.Tensor, w_horizontal: torch.Tensor,
+               w_last: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0,
+               dilation=1, relu: bool = False) -> torch.Tensor:
+    """Fused CP4 conv; see :mod:`mtd_kernels.ops.cp4_conv2d` for shapes."""
+    return torch.ops.mtd.cp4_conv2d(x, w_first, w_vertical, w_horizontal, w_last, bias,
+                                    pair(stride, "stride"), pair(padding, "padding"),
+                                    pair(dilation, "dilation"), relu)
+
+
+def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, w_last: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
+                  relu: bool = False) -> torch.Tensor:
+    """Fused Tucker-2 conv; see :mod:`mtd_kernels.ops.tucker_conv2d` for shapes."""
+    return torch.ops.mtd.tucker_conv2d(x, w_first, w_core, w_last, bias, pair(stride, "stride"),
+                                       pair(padding, "padding"), pair(dilation, "dilation"), relu)
+
+
+__all__ = [
+    "cp_conv2d", "cp4_conv2d", "tucker_conv2d", "extension_available", "cuda_extension_available",
+    "extension_error", "cuda_backend", "set_cuda_backend",
+]

@@ -1,0 +1,1 @@
+"""mtd — mixed tensor decomposition of CNNs."""
