@@ -9,6 +9,8 @@ import os
 from typing import Callable, Optional
 
 _BACKENDS = ("auto", "triton", "cuda", "torch")
+# What ``auto`` tries, in order, before the chain; a benchmark may reorder it (one line on purpose).
+AUTO_ORDER = ("triton", "cuda")
 _override: Optional[str] = None
 
 
@@ -32,7 +34,24 @@ def _triton_kernel(op: str) -> Optional[Callable]:
         from . import triton as mtd_triton
     except Exception:  # triton missing or broken: fall through
         return None
-    return getattr(mtd_triton, op, None) if getattr(mtd_triton, "AVAILABLE", False) else None
+    kernel = getattr(mtd_triton, op, None) if getattr(mtd_triton, "AVAILABLE", False) else None
+    if kernel is None:
+        return None
+
+    def run(x, *args):
+        # Triton covers fp32/fp16/bf16; anything else (e.g. float64) takes the next backend.
+        if mtd_triton.supports(x):
+            return kernel(x, *args)
+        fallback = _cuda_kernel(op) or _chain(op)
+        return fallback(x, *args)
+
+    return run
+
+
+def _chain(op: str) -> Callable:
+    from .ops._register import OPS
+
+    return OPS[op]["reference"]
 
 
 def _cuda_kernel(op: str) -> Optional[Callable]:
@@ -51,4 +70,9 @@ def cuda_kernel(op: str) -> Optional[Callable]:
         return _triton_kernel(op)
     if backend == "cuda":
         return _cuda_kernel(op)
-    return _triton_kernel(op) or _cuda_kernel(op)
+    finders = {"triton": _triton_kernel, "cuda": _cuda_kernel}
+    for name in AUTO_ORDER:
+        kernel = finders[name](op)
+        if kernel is not None:
+            return kernel
+    return None

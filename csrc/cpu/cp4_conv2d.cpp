@@ -1,19 +1,78 @@
-// PLACEHOLDER (unfused chain) — to be replaced by the fused, tiled kernel.
+// Fused CP4 conv on CPU: 1x1 (R,S) -> depthwise kh x 1 -> depthwise 1 x kw -> 1x1 (T,R) + bias [ReLU].
+// Same pipeline as cp_conv2d; the middle stage is the vertical stencil into a (rows_out, W, R) buffer
+// followed by the horizontal stencil into V, both vectorised over R and cache-resident.
+#include "cpu/fused_common.h"
 #include "ops.h"
 
 namespace mtd {
+namespace {
+
+template <typename T>
+struct Cp4Separable {
+  int64_t r1, r2;       // both R
+  const T* w_v;         // (kh, R)
+  const T* w_h;         // (kw, R)
+  cpu::Window g;
+
+  // the vertical stencil's output: (rows_out, W, R)
+  int64_t extra_elems(int64_t rows_out) const { return rows_out * g.w * r1; }
+
+  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* mid, T* v) const {
+    const int64_t rows_out = oh1 - oh0;
+    // (rows_in, W, R) -> (rows_out, W, R): H part of stride/padding/dilation
+    cpu::depthwise_chunk(u, lo, rows_in, g.w, r1, g.kh, g.sh, g.ph, g.dh, 1, 1, 0, 1, g.w, oh0, oh1, w_v, mid);
+    // (rows_out, W, R) -> (rows_out, Wo, R): W part
+    cpu::depthwise_chunk(mid, 0, rows_out, g.w, r1, 1, 1, 0, 1, g.kw, g.sw, g.pw, g.dw, g.wo, 0, rows_out, w_h,
+                         v);
+  }
+};
+
+void check_cp4_shapes(const at::Tensor& w_first, const at::Tensor& w_v, const at::Tensor& w_h,
+                      const at::Tensor& w_last) {
+  const int64_t r = w_first.size(0);
+  const bool ok = w_v.size(0) == r && w_v.size(1) == 1 && w_v.size(3) == 1 && w_h.size(0) == r &&
+                  w_h.size(1) == 1 && w_h.size(2) == 1 && w_last.size(1) == r;
+  TORCH_CHECK_VALUE(ok,
+                    "mtd.cp4_conv2d: factor shapes do not chain: expected w_first (R, S, 1, 1), "
+                    "w_vertical (R, 1, kh, 1), w_horizontal (R, 1, 1, kw), w_last (T, R, 1, 1); got ",
+                    w_first.sizes(), ", ", w_v.sizes(), ", ", w_h.sizes(), ", ", w_last.sizes());
+}
+
+at::Tensor cp4_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_v,
+                     const at::Tensor& w_h, const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  const int64_t r = w_first.size(0);
+  auto y = at::conv2d(input, w_first);
+  y = at::conv2d(y, w_v, {}, at::IntArrayRef({stride[0], 1}), at::IntArrayRef({padding[0], 0}),
+                 at::IntArrayRef({dilation[0], 1}), r);
+  y = at::conv2d(y, w_h, {}, at::IntArrayRef({1, stride[1]}), at::IntArrayRef({0, padding[1]}),
+                 at::IntArrayRef({1, dilation[1]}), r);
+  y = at::conv2d(y, w_last);
+  return cpu::finish_chain(input, y, bias, relu);
+}
+
+}  // namespace
+
 at::Tensor cp4_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_vertical,
                           const at::Tensor& w_horizontal, const at::Tensor& w_last,
                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
-  const int64_t r = w_first.size(0);
-  auto y = at::conv2d(input, w_first);
-  y = at::conv2d(y, w_vertical, {}, at::IntArrayRef({stride[0], 1}), at::IntArrayRef({padding[0], 0}),
-                 at::IntArrayRef({dilation[0], 1}), r);
-  y = at::conv2d(y, w_horizontal, {}, at::IntArrayRef({1, stride[1]}), at::IntArrayRef({0, padding[1]}),
-                 at::IntArrayRef({1, dilation[1]}), r);
-  y = at::conv2d(y, w_last, bias);
-  if (relu) y = at::relu(y);
-  return y;
+  cpu::check_common("cp4_conv2d", input, {w_first, w_vertical, w_horizontal, w_last}, bias, stride, padding,
+                    dilation);
+  check_cp4_shapes(w_first, w_vertical, w_horizontal, w_last);
+  const int64_t r = w_first.size(0), kh = w_vertical.size(2), kw = w_horizontal.size(3);
+  const cpu::Window g = cpu::make_window("cp4_conv2d", input, kh, kw, stride, padding, dilation);
+  if (!cpu::fused_supported(input, r, r, w_last.size(0))) {
+    return cp4_chain(input, w_first, w_vertical, w_horizontal, w_last, bias, stride, padding, dilation, relu);
+  }
+  const at::Tensor w_v = w_vertical.reshape({r, kh}).t().contiguous();    // (kh, R)
+  const at::Tensor w_h = w_horizontal.reshape({r, kw}).t().contiguous();  // (kw, R)
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp4_conv2d_cpu", [&] {
+    const Cp4Separable<scalar_t> mid{r, r, w_v.data_ptr<scalar_t>(), w_h.data_ptr<scalar_t>(), g};
+    out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
+  });
+  return out;
 }
+
 }  // namespace mtd

@@ -1,14 +1,62 @@
-// PLACEHOLDER (unfused chain) — to be replaced by the fused, tiled kernel.
+// Fused CP3 conv on CPU: 1x1 (R,S) -> depthwise kh x kw (R) -> 1x1 (T,R) + bias [ReLU], one pass.
+// Per task (image, chunk of output rows): U = first 1x1 of the rows the chunk reads (one GEMM),
+// V = depthwise of U vectorised over R, output tile = last 1x1 of V (one GEMM) + bias/ReLU in cache.
+#include "cpu/fused_common.h"
 #include "ops.h"
 
 namespace mtd {
+namespace {
+
+template <typename T>
+struct CpDepthwise {
+  int64_t r1, r2;       // both R
+  const T* w;           // (kh*kw, R): tap-major so the stencil reads R contiguous weights per tap
+  cpu::Window g;
+
+  int64_t extra_elems(int64_t /*rows_out*/) const { return 0; }
+
+  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* /*extra*/, T* v) const {
+    cpu::depthwise_chunk(u, lo, rows_in, g.w, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw, g.wo, oh0,
+                         oh1, w, v);  // (rows_in, W, R) -> (oh1-oh0, Wo, R)
+  }
+};
+
+void check_cp_shapes(const at::Tensor& w_first, const at::Tensor& w_dw, const at::Tensor& w_last) {
+  const int64_t r = w_first.size(0);
+  TORCH_CHECK_VALUE(w_dw.size(0) == r && w_dw.size(1) == 1 && w_last.size(1) == r,
+                    "mtd.cp_conv2d: factor shapes do not chain: expected w_first (R, S, 1, 1), "
+                    "w_depthwise (R, 1, kh, kw), w_last (T, R, 1, 1) with one R; got ",
+                    w_first.sizes(), ", ", w_dw.sizes(), ", ", w_last.sizes());
+}
+
+at::Tensor cp_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_dw,
+                    const at::Tensor& w_last, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                    at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  auto y = at::conv2d(input, w_first);
+  y = at::conv2d(y, w_dw, {}, stride, padding, dilation, w_dw.size(0));
+  y = at::conv2d(y, w_last);
+  return cpu::finish_chain(input, y, bias, relu);
+}
+
+}  // namespace
+
 at::Tensor cp_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,
                          const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
-  auto y = at::conv2d(input, w_first);
-  y = at::conv2d(y, w_depthwise, {}, stride, padding, dilation, w_depthwise.size(0));
-  y = at::conv2d(y, w_last, bias);
-  if (relu) y = at::relu(y);
-  return y;
+  cpu::check_common("cp_conv2d", input, {w_first, w_depthwise, w_last}, bias, stride, padding, dilation);
+  check_cp_shapes(w_first, w_depthwise, w_last);
+  const int64_t r = w_first.size(0), kh = w_depthwise.size(2), kw = w_depthwise.size(3);
+  const cpu::Window g = cpu::make_window("cp_conv2d", input, kh, kw, stride, padding, dilation);
+  if (!cpu::fused_supported(input, r, r, w_last.size(0))) {
+    return cp_chain(input, w_first, w_depthwise, w_last, bias, stride, padding, dilation, relu);
+  }
+  const at::Tensor w_taps = w_depthwise.reshape({r, kh * kw}).t().contiguous();  // (kh*kw, R)
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp_conv2d_cpu", [&] {
+    const CpDepthwise<scalar_t> mid{r, r, w_taps.data_ptr<scalar_t>(), g};
+    out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
+  });
+  return out;
 }
+
 }  // namespace mtd

@@ -1,15 +1,93 @@
-// PLACEHOLDER (unfused chain) — to be replaced by the fused, tiled kernel.
+// Fused Tucker-2 conv on CPU: 1x1 (R1,S) -> dense kh x kw core (R2,R1) -> 1x1 (T,R2) + bias [ReLU].
+// Same pipeline as cp_conv2d; the middle stage is an im2col of the chunk's U (pixel-major, so each
+// tap is a contiguous copy of R1 values) and one GEMM with the core, all in the task's L2 scratch.
+#include <cstring>
+
+#include "cpu/fused_common.h"
 #include "ops.h"
 
 namespace mtd {
+namespace {
+
+template <typename T>
+struct TuckerCore {
+  int64_t r1, r2;
+  const T* core;        // (R2, kh*kw*R1) row-major, taps outer, R1 inner (matches the im2col rows)
+  cpu::Window g;
+
+  int64_t k() const { return g.kh * g.kw * r1; }
+  bool pointwise() const {  // 1x1 core without stride/padding: U already is the im2col matrix
+    return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  }
+  int64_t extra_elems(int64_t rows_out) const { return pointwise() ? 0 : rows_out * g.wo * k(); }
+
+  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols, T* v) const {
+    const int64_t kk = k(), p = (oh1 - oh0) * g.wo;
+    if (!pointwise()) {
+      im2col(u, lo, rows_in, oh0, oh1, cols);  // (P, kh*kw*R1)
+      u = cols;
+    }
+    // V (P, R2) = cols (P, K) * core^T, i.e. column-major V(R2, P) = core(R2, K) cols(K, P)
+    cpu::gemm(true, false, r2, p, kk, core, kk, u, kk, v, r2);
+  }
+
+  void im2col(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols) const {
+    const size_t tap_bytes = static_cast<size_t>(r1) * sizeof(T);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      for (int64_t ow = 0; ow < g.wo; ++ow) {
+        T* dst = cols + ((oh - oh0) * g.wo + ow) * k();
+        for (int64_t ki = 0; ki < g.kh; ++ki) {
+          const int64_t row = oh * g.sh - g.ph + ki * g.dh - lo;
+          for (int64_t kj = 0; kj < g.kw; ++kj, dst += r1) {
+            const int64_t col = ow * g.sw - g.pw + kj * g.dw;
+            if (row < 0 || row >= rows_in || col < 0 || col >= g.w) {
+              std::memset(dst, 0, tap_bytes);  // zero padding
+            } else {
+              std::memcpy(dst, u + (row * g.w + col) * r1, tap_bytes);
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+void check_tucker_shapes(const at::Tensor& w_first, const at::Tensor& w_core, const at::Tensor& w_last) {
+  TORCH_CHECK_VALUE(w_core.size(1) == w_first.size(0) && w_last.size(1) == w_core.size(0),
+                    "mtd.tucker_conv2d: factor shapes do not chain: expected w_first (R1, S, 1, 1), "
+                    "w_core (R2, R1, kh, kw), w_last (T, R2, 1, 1); got ",
+                    w_first.sizes(), ", ", w_core.sizes(), ", ", w_last.sizes());
+}
+
+at::Tensor tucker_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_core,
+                        const at::Tensor& w_last, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  auto y = at::conv2d(input, w_first);
+  y = at::conv2d(y, w_core, {}, stride, padding, dilation);
+  y = at::conv2d(y, w_last);
+  return cpu::finish_chain(input, y, bias, relu);
+}
+
+}  // namespace
+
 at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_core,
                              const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              bool relu) {
-  auto y = at::conv2d(input, w_first);
-  y = at::conv2d(y, w_core, {}, stride, padding, dilation);
-  y = at::conv2d(y, w_last, bias);
-  if (relu) y = at::relu(y);
-  return y;
+  cpu::check_common("tucker_conv2d", input, {w_first, w_core, w_last}, bias, stride, padding, dilation);
+  check_tucker_shapes(w_first, w_core, w_last);
+  const int64_t r1 = w_core.size(1), r2 = w_core.size(0), kh = w_core.size(2), kw = w_core.size(3);
+  const cpu::Window g = cpu::make_window("tucker_conv2d", input, kh, kw, stride, padding, dilation);
+  if (!cpu::fused_supported(input, r1, r2, w_last.size(0))) {
+    return tucker_chain(input, w_first, w_core, w_last, bias, stride, padding, dilation, relu);
+  }
+  const at::Tensor core = w_core.permute({0, 2, 3, 1}).contiguous();  // (R2, kh, kw, R1)
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tucker_conv2d_cpu", [&] {
+    const TuckerCore<scalar_t> mid{r1, r2, core.data_ptr<scalar_t>(), g};
+    out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
+  });
+  return out;
 }
+
 }  // namespace mtd

@@ -46,24 +46,28 @@ def register_chain_op(
     LIB.define(schema)
     qualname = f"mtd::{name}"
 
-    def split(args):
+    def split(args, kwargs=None):
+        # The dispatcher may leave out trailing arguments equal to their default (relu=False) or
+        # pass them by keyword when it calls a Python kernel.
         x = args[0]
         weights = list(args[1 : 1 + n_weights])
-        bias, stride, padding, dilation, relu = args[1 + n_weights :]
+        bias, stride, padding, dilation = args[1 + n_weights : 5 + n_weights]
+        rest = args[5 + n_weights :]
+        relu = rest[0] if rest else (kwargs or {}).get("relu", False)
         return x, weights, bias, list(stride), list(padding), list(dilation), bool(relu)
 
-    def stages_of(args) -> tuple:
-        x, weights, bias, stride, padding, dilation, relu = split(args)
+    def stages_of(args, kwargs=None) -> tuple:
+        x, weights, bias, stride, padding, dilation, relu = split(args, kwargs)
         check(x, weights, bias, stride, padding, dilation)
         return x, build_stages(weights, stride, padding, dilation), bias, relu
 
-    def reference(*args):
-        x, stages, bias, relu = stages_of(args)
+    def reference(*args, **kwargs):
+        x, stages, bias, relu = stages_of(args, kwargs)
         return reference_forward(x, stages, bias, relu)
 
     @torch.library.register_fake(qualname)
-    def _fake(*args):
-        x, stages, _, _ = stages_of(args)
+    def _fake(*args, **kwargs):
+        x, stages, _, _ = stages_of(args, kwargs)
         return empty_output(x, stages)
 
     def setup_context(ctx, inputs, output):
@@ -86,13 +90,14 @@ def register_chain_op(
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
 
     @torch.library.impl(qualname, "CUDA", lib=LIB)
-    def _cuda(*args):
+    def _cuda(*args, **kwargs):
         from ..dispatch import cuda_kernel
 
         kernel = cuda_kernel(name)
         if kernel is None:
-            return reference(*args)
-        return kernel(*args)
+            return reference(*args, **kwargs)
+        x, weights, bias, stride, padding, dilation, relu = split(args, kwargs)
+        return kernel(x, *weights, bias, stride, padding, dilation, relu)
 
     OPS[name] = {"reference": reference, "n_weights": n_weights, "build_stages": build_stages}
 
@@ -102,8 +107,8 @@ def register_cpu_fallbacks() -> None:
     for name, entry in OPS.items():
         ref = entry["reference"]
 
-        def _cpu(*args, _ref=ref):
+        def _cpu(*args, _ref=ref, **kwargs):
             _warn_fallback_once()
-            return _ref(*args)
+            return _ref(*args, **kwargs)
 
         LIB.impl(name, _cpu, "CPU")

@@ -1,0 +1,222 @@
+// Shared machinery of the fused CPU kernels (cp_conv2d, cp4_conv2d, tucker_conv2d).
+//
+// Every op is "1x1 conv S->R1, a spatial middle stage R1->R2, 1x1 conv R2->T (+bias, ReLU)". The
+// driver `run_fused` tiles the output into tasks = (image, chunk of output rows) and, per task, keeps
+// the rank-R intermediates of that chunk in a thread-local scratch buffer (sized to stay in L2):
+//
+//   U (rows_in, W, R1)   = first 1x1 conv of the input rows the chunk needs     (one GEMM)
+//   V (rows_out*Wo, R2)  = middle stage of U                                     (op specific)
+//   out tile             = last 1x1 conv of V, written in place, + bias, ReLU     (one GEMM)
+//
+// Intermediates are pixel-major (channels innermost) so the depthwise stencils vectorise over R.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace mtd {
+namespace cpu {
+
+// Geometry of the spatial middle stage (kernel kh x kw with stride/padding/dilation).
+struct Window {
+  int64_t h, w;    // input spatial size
+  int64_t ho, wo;  // output spatial size
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+
+  // Input rows [lo, hi) that output rows [oh0, oh1) read (clipped to the image).
+  int64_t rows_lo(int64_t oh0) const { return std::max<int64_t>(0, oh0 * sh - ph); }
+  int64_t rows_hi(int64_t oh1) const { return std::min<int64_t>(h, (oh1 - 1) * sh - ph + (kh - 1) * dh + 1); }
+  int64_t max_rows_in(int64_t rows_out) const {
+    return std::min<int64_t>(h, (rows_out - 1) * sh + (kh - 1) * dh + 1);
+  }
+};
+
+// ----- argument checks (the same conditions as mtd_kernels/ops/_chain.py::check_common) -----
+void check_common(const char* op, const at::Tensor& x, at::TensorList weights,
+                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef dilation);
+
+// Window of the middle stage; errors clearly when the input is too small for the kernel.
+Window make_window(const char* op, const at::Tensor& x, int64_t kh, int64_t kw, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// True when the output must be channels_last (input channels_last-contiguous and not contiguous).
+bool wants_channels_last(const at::Tensor& x);
+
+// The unfused ATen chain's tail (bias, ReLU, output layout): used for dtypes without a fused path.
+at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, const std::optional<at::Tensor>& bias, bool relu);
+
+// True when the fused path handles this call (fp32/fp64, non-empty).
+bool fused_supported(const at::Tensor& x, int64_t r1, int64_t r2, int64_t t);
+
+// ----- column-major BLAS GEMM on raw pointers: C(m,n) = op(A)(m,k) * op(B)(k,n), beta = 0 -----
+// Uses the BLAS inside libtorch (MKL sgemm_/dgemm_) when exported, else at::mm_out on views.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float* c, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double* c, int64_t ldc);
+
+// ----- depthwise stencil over one output row, vectorised over channels (stencil_kernels.cpp) -----
+// dst (wo, r) = sum over the valid taps of w[ki*kw + kj, :] * src[row_off[i] + (ow*sw - pw + kj*dw) * r, :]
+// for each of the n_rows valid kernel rows i (kernel row index ki_idx[i]); src rows have w_src pixels.
+void depthwise_row(float* dst, int64_t wo, int64_t r, const float* src, int64_t w_src, const int64_t* row_off,
+                   const int64_t* ki_idx, int64_t n_rows, int64_t kw, int64_t sw, int64_t pw, int64_t dw,
+                   const float* w);
+void depthwise_row(double* dst, int64_t wo, int64_t r, const double* src, int64_t w_src, const int64_t* row_off,
+                   const int64_t* ki_idx, int64_t n_rows, int64_t kw, int64_t sw, int64_t pw, int64_t dw,
+                   const double* w);
+
+// Depthwise conv of a chunk: U (rows_in, w_src, r) holding input rows [ih_lo, ih_lo + rows_in) ->
+// dst (oh1 - oh0, wo, r). `w` is (kh*kw, r). Rows outside U are zero padding.
+template <typename T>
+void depthwise_chunk(const T* u, int64_t ih_lo, int64_t rows_in, int64_t w_src, int64_t r, int64_t kh,
+                     int64_t sh, int64_t ph, int64_t dh, int64_t kw, int64_t sw, int64_t pw, int64_t dw,
+                     int64_t wo, int64_t oh0, int64_t oh1, const T* w, T* dst) {
+  std::vector<int64_t> row_off(kh), ki_idx(kh);
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    int64_t n_rows = 0;
+    for (int64_t ki = 0; ki < kh; ++ki) {
+      const int64_t local = oh * sh - ph + ki * dh - ih_lo;
+      if (local < 0 || local >= rows_in) continue;  // zero padding (or outside the image)
+      row_off[n_rows] = local * w_src * r;
+      ki_idx[n_rows] = ki;
+      ++n_rows;
+    }
+    depthwise_row(dst + (oh - oh0) * wo * r, wo, r, u, w_src, row_off.data(), ki_idx.data(), n_rows, kw, sw, pw,
+                  dw, w);
+  }
+}
+
+// ----- thread-local scratch (kept across calls so buffers are not re-faulted every time) -----
+template <typename T>
+T* thread_scratch(int64_t elems) {
+  thread_local std::vector<char> buf;
+  const size_t bytes = static_cast<size_t>(elems) * sizeof(T) + 64;
+  if (buf.size() < bytes) buf.assign(bytes, 0);
+  auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+}
+
+// bias + ReLU on an output tile still in cache. NCHW tile: (t, p) at t*ld + p; NHWC: (p, t) at p*ld + t.
+template <typename T>
+void epilogue(T* c, int64_t p, int64_t t, int64_t ld, bool nhwc, const T* bias, bool relu) {
+  if (bias == nullptr && !relu) return;
+  if (nhwc) {
+    for (int64_t i = 0; i < p; ++i) {
+      T* row = c + i * ld;
+      if (bias != nullptr) {
+#pragma omp simd
+        for (int64_t j = 0; j < t; ++j) row[j] += bias[j];
+      }
+      if (relu) {
+#pragma omp simd
+        for (int64_t j = 0; j < t; ++j) row[j] = row[j] > T(0) ? row[j] : T(0);
+      }
+    }
+  } else {
+    for (int64_t j = 0; j < t; ++j) {
+      T* col = c + j * ld;
+      const T b = bias != nullptr ? bias[j] : T(0);
+      if (relu) {
+#pragma omp simd
+        for (int64_t i = 0; i < p; ++i) {
+          const T v = col[i] + b;
+          col[i] = v > T(0) ? v : T(0);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < p; ++i) col[i] += b;
+      }
+    }
+  }
+}
+
+// How the output rows of one image are split into chunks.
+struct Tiling {
+  int64_t rows_per_chunk;
+  int64_t chunks_per_image;
+};
+
+// Chunks small enough that a task's working set fits `budget_bytes`, and enough tasks for all threads.
+Tiling plan_tiling(int64_t n, const Window& g, int64_t elem_size, int64_t in_elems_per_row,
+                   int64_t scratch_elems_per_out_row, int64_t out_elems_per_row);
+
+// The fused pipeline. `Middle` provides:
+//   int64_t r1, r2;                       ranks entering / leaving the middle stage
+//   int64_t extra_elems(int64_t rows_out) scratch the middle stage needs besides U and V
+//   void run(const T* u, int64_t ih_lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* extra, T* v) const
+template <typename T, typename Middle>
+at::Tensor run_fused(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_last,
+                     const std::optional<at::Tensor>& bias, bool relu, const Window& g, const Middle& mid) {
+  const bool nhwc = wants_channels_last(input);
+  // Non-contiguous views that are neither layout are made NCHW-contiguous (the output is then NCHW).
+  const at::Tensor x = nhwc ? input : input.contiguous();
+  const at::Tensor wf = w_first.contiguous();  // (R1, S) row-major
+  const at::Tensor wl = w_last.contiguous();   // (T, R2) row-major
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = bias->contiguous();
+
+  const int64_t n = x.size(0), s = x.size(1), t = wl.size(0);
+  const int64_t r1 = mid.r1, r2 = mid.r2;
+  const int64_t h = g.h, w = g.w, ho = g.ho, wo = g.wo;
+  at::Tensor out = at::empty({n, t, ho, wo}, x.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast
+                                                                             : at::MemoryFormat::Contiguous));
+
+  // Per output row: U rows (w*r1 each, counted via the halo), V (wo*r2), the output tile (wo*t).
+  const Tiling tiling = plan_tiling(n, g, sizeof(T), w * r1, wo * r2 + mid.extra_elems(1), wo * t);
+  const int64_t rpc = tiling.rows_per_chunk, cpi = tiling.chunks_per_image;
+  const int64_t u_elems = g.max_rows_in(rpc) * w * r1;
+  const int64_t v_elems = rpc * wo * r2;
+  const int64_t x_elems = mid.extra_elems(rpc);
+
+  const T* xp = x.data_ptr<T>();
+  const T* wfp = wf.data_ptr<T>();
+  const T* wlp = wl.data_ptr<T>();
+  const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+
+  at::parallel_for(0, n * cpi, 1, [&](int64_t begin, int64_t end) {
+    T* scratch = thread_scratch<T>(u_elems + v_elems + x_elems + 32);
+    T* u = scratch;
+    T* v = u + ((u_elems + 15) & ~int64_t(15));
+    T* extra = v + ((v_elems + 15) & ~int64_t(15));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t img = task / cpi;
+      const int64_t oh0 = (task % cpi) * rpc;
+      const int64_t oh1 = std::min(ho, oh0 + rpc);
+      if (oh0 >= oh1) continue;
+      const int64_t lo = g.rows_lo(oh0), hi = g.rows_hi(oh1);
+      const int64_t rows_in = std::max<int64_t>(0, hi - lo);
+      // U (rows_in*w, r1) = X_rows (rows_in*w, s) * Wf^T, i.e. column-major U(r1, P) = Wf(r1,s) X(s,P)
+      if (rows_in > 0) {
+        const int64_t p_in = rows_in * w;
+        if (nhwc) {
+          const T* xr = xp + ((img * h + lo) * w) * s;  // (P, s) row-major
+          gemm(true, false, r1, p_in, s, wfp, s, xr, s, u, r1);
+        } else {
+          const T* xr = xp + img * s * h * w + lo * w;  // (s, P) with leading dim h*w
+          gemm(true, true, r1, p_in, s, wfp, s, xr, h * w, u, r1);
+        }
+      }
+      mid.run(u, lo, rows_in, oh0, oh1, extra, v);  // V (rows_out*wo, r2)
+      const int64_t p_out = (oh1 - oh0) * wo;
+      if (nhwc) {
+        T* c = op + ((img * ho + oh0) * wo) * t;  // (P, t) row-major = column-major (t, P)
+        gemm(true, false, t, p_out, r2, wlp, r2, v, r2, c, t);
+        epilogue(c, p_out, t, t, true, bp, relu);
+      } else {
+        T* c = op + img * t * ho * wo + oh0 * wo;  // (t, P) with leading dim ho*wo = column-major (P, t)
+        gemm(true, false, p_out, t, r2, v, r2, wlp, r2, c, ho * wo);
+        epilogue(c, p_out, t, ho * wo, false, bp, relu);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace mtd

@@ -1,0 +1,34 @@
+"""The decoded data set as plain uint8/int64 numpy arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+CIFAR10_CLASSES: Tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: Tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+IMAGE_SHAPE: Tuple[int, int, int] = (32, 32, 3)  # HWC
+
+
+@dataclass(frozen=True)
+class CIFAR10Arrays:
+    """Images as ``(N, 32, 32, 3)`` uint8 (HWC, RGB) and labels as ``(N,)`` int64 indices into ``classes``."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: Tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+                raise ValueError(f"{split}_x must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}")
+            if y.dtype != np.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"{split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
+            if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
+                raise ValueError(f"{split}_y has labels outside [0, {len(self.classes)})")

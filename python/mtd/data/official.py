@@ -1,0 +1,79 @@
+"""Reader for the official CIFAR-10 python release (``cifar-10-python.tar.gz`` / ``cifar-10-batches-py/``).
+
+Each batch is a pickled dict with ``b"data"`` — ``(N, 3072)`` uint8, row-major ``(3, 32, 32)`` per
+row — and ``b"labels"``; ``batches.meta`` holds ``b"label_names"``.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+
+from .arrays import CIFAR10Arrays
+
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+
+
+def _unpickle(name: str, data: bytes) -> dict:
+    try:
+        return pickle.loads(data, encoding="bytes")  # the release was pickled by Python 2
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt batch
+        raise ValueError(f"CIFAR-10 batch {name!r} is corrupt or not a pickle: {err}") from err
+
+
+def _get(batch: dict, key: str, name: str):
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    raise ValueError(f"CIFAR-10 batch {name!r} has no {key!r} entry")
+
+
+def _read_batch(name: str, data: bytes) -> Tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(name, data)
+    if not isinstance(batch, dict):
+        raise ValueError(f"CIFAR-10 batch {name!r} is not a dict")
+    pixels = np.asarray(_get(batch, "data", name))
+    labels = np.asarray(_get(batch, "labels", name), dtype=np.int64)
+    if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"CIFAR-10 batch {name!r}: data must be uint8 (N, 3072), got {pixels.dtype} {pixels.shape}")
+    if labels.shape != (pixels.shape[0],):
+        raise ValueError(f"CIFAR-10 batch {name!r}: {labels.shape[0]} labels for {pixels.shape[0]} images")
+    images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 3, 32, 32) CHW -> (N, 32, 32, 3)
+    return np.ascontiguousarray(images), labels
+
+
+def read_official(get_file: Callable[[str], bytes], where: str) -> CIFAR10Arrays:
+    """Read the batches through ``get_file(name) -> bytes`` (``where`` names the source in errors)."""
+    def fetch(name: str) -> bytes:
+        try:
+            return get_file(name)
+        except (KeyError, FileNotFoundError) as err:
+            raise ValueError(f"{where}: missing CIFAR-10 file {name!r} (expected {', '.join(TRAIN_BATCHES)}, "
+                             f"{TEST_BATCH}, {META})") from err
+
+    train = [_read_batch(name, fetch(name)) for name in TRAIN_BATCHES]
+    test_x, test_y = _read_batch(TEST_BATCH, fetch(TEST_BATCH))
+    meta = _unpickle(META, fetch(META))
+    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names", META))
+    return CIFAR10Arrays(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                         test_x, test_y, classes)
+
+
+def read_official_dir(folder: Path) -> CIFAR10Arrays:
+    """Read an extracted ``cifar-10-batches-py`` folder."""
+    return read_official(lambda name: (folder / name).read_bytes(), str(folder))
+
+
+def read_official_members(members: Dict[str, bytes], where: str) -> CIFAR10Arrays:
+    """Read from an archive's ``{member path: bytes}``; batches are matched by file name."""
+    by_name = {path.rsplit("/", 1)[-1]: data for path, data in members.items()}
+    return read_official(lambda name: by_name[name], where)
+
+
+def is_official_listing(paths) -> bool:
+    """True when the file names look like the official release (a ``data_batch_1`` is present)."""
+    return any(str(p).rsplit("/", 1)[-1] == "data_batch_1" for p in paths)

@@ -1,0 +1,129 @@
+"""The compression plan: a JSON-serialisable record of what was chosen for each layer.
+
+A plan holds, per layer, the method and ranks (plus the seed/init chain needed to recompute the
+decomposition bit-for-bit), parameter and FLOP counts before/after, reconstruction error and the
+measured sensitivity. :func:`mtd.planner.apply_plan` rebuilds the compressed model from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..utils import atomic_write
+
+PLAN_FORMAT_VERSION = 1
+METHODS = ("dense", "cp", "cp4", "tucker", "svd")
+
+
+@dataclass
+class LayerPlan:
+    """What to do with one compressible layer (``method='dense'`` keeps it)."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    method: str
+    ranks: list[int] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: int = 0
+    flops_after: int = 0
+    rel_error: float = 0.0
+    sensitivity: Optional[dict[str, float]] = None  # {"loss": dloss, "accuracy": dacc} measured alone
+    seed: int = 0
+    warm_start: list[int] = field(default_factory=list)  # CP ranks decomposed first, each warm-starting the next
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"layer {self.name!r}: unknown method {self.method!r}; allowed: {METHODS}")
+
+
+@dataclass
+class Plan:
+    """A whole-network compression plan."""
+
+    model_name: Optional[str]
+    model_kwargs: dict[str, Any]
+    method: str  # planner mode: mtd, thesis, cp-vbmf, ...
+    layers: list[LayerPlan]
+    budget: dict[str, Any] = field(default_factory=dict)  # max_drop / target_ratio / tolerances used
+    results: dict[str, Any] = field(default_factory=dict)  # measured accuracies, rounds, ...
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = PLAN_FORMAT_VERSION
+
+    # -- totals -----------------------------------------------------------------------------------------
+    def totals(self) -> dict[str, float]:
+        """Sums over the planned layers (compressible layers only) and their ratios."""
+        pb = sum(l.params_before for l in self.layers)
+        pa = sum(l.params_after for l in self.layers)
+        fb = sum(l.flops_before for l in self.layers)
+        fa = sum(l.flops_after for l in self.layers)
+        return {"params_before": pb, "params_after": pa, "flops_before": fb, "flops_after": fa,
+                "param_ratio": pb / max(pa, 1), "flops_ratio": fb / max(fa, 1)}
+
+    def layer(self, name: str) -> LayerPlan:
+        for lp in self.layers:
+            if lp.name == name:
+                return lp
+        raise KeyError(f"no layer {name!r} in plan; layers: {[l.name for l in self.layers]}")
+
+    # -- JSON -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["totals"] = self.totals()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        if not isinstance(d, dict) or "layers" not in d:
+            raise ValueError("not an mtd plan: expected a JSON object with a 'layers' list")
+        version = d.get("format_version", PLAN_FORMAT_VERSION)
+        if version > PLAN_FORMAT_VERSION:
+            raise ValueError(f"plan format version {version} is newer than this mtd ({PLAN_FORMAT_VERSION})")
+        layer_fields = {f.name for f in dataclasses.fields(LayerPlan)}
+        layers = [LayerPlan(**{k: v for k, v in l.items() if k in layer_fields}) for l in d["layers"]]
+        plan_fields = {f.name for f in dataclasses.fields(cls)} - {"layers"}
+        return cls(layers=layers, **{k: v for k, v in d.items() if k in plan_fields})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON atomically (temp file in the same folder, then rename)."""
+        path = Path(path)
+        with atomic_write(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        """Read a plan written by :meth:`save`; ValueError on a file that is not a plan."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+
+def current_versions() -> dict[str, str]:
+    """Library versions recorded in a plan (for reproducibility)."""
+    import numpy
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    try:
+        import tensorly
+
+        versions["tensorly"] = tensorly.__version__
+    except ImportError:  # pragma: no cover - tensorly is a dependency
+        pass
+    try:
+        from importlib.metadata import version
+
+        versions["mtd"] = version("mtd")
+    except Exception:  # not installed as a distribution (running from source)
+        versions["mtd"] = "source"
+    return versions

@@ -1,0 +1,53 @@
+"""Score a network on calibration batches, and a candidate by what it does to the whole network.
+
+A candidate's sensitivity is the change in calibration loss and accuracy when only that one layer
+is replaced (all others dense). Calibration batches come from the *training* set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .surgery import swapped
+
+
+@dataclass(frozen=True)
+class Score:
+    """Mean cross-entropy and top-1 accuracy (percent) on the calibration batches."""
+
+    loss: float
+    accuracy: float
+
+
+class Calibration:
+    """A fixed list of (images, labels) batches kept on ``device`` for repeated scoring."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        if not batches:
+            raise ValueError("calibration needs at least one batch of images")
+        self.batches = batches
+        self.num_images = sum(int(y.numel()) for _, y in batches)
+
+    @torch.no_grad()
+    def score(self, model: nn.Module) -> Score:
+        """Loss/accuracy of ``model`` (put in eval mode) on the calibration batches."""
+        was_training = model.training
+        model.eval()
+        total_loss, correct = 0.0, 0
+        for x, y in self.batches:
+            logits = model(x).float()
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        model.train(was_training)
+        return Score(total_loss / self.num_images, 100.0 * correct / self.num_images)
+
+
+def sensitivity(model: nn.Module, name: str, replacement: nn.Module, calib: Calibration,
+                base: Score) -> dict[str, float]:
+    """Increase in loss and drop in accuracy (points) when layer ``name`` alone is ``replacement``."""
+    with swapped(model, {name: replacement}):
+        s = calib.score(model)
+    return {"loss": s.loss - base.loss, "accuracy": base.accuracy - s.accuracy}

@@ -1,0 +1,88 @@
+"""Import safety and the extension fallback: the guarantees `import mtd` makes on any machine."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import mtd_kernels
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_extension_is_built_and_registered():
+    # CI builds the extension; a silently missing build would make every CPU test use the fallback.
+    assert mtd_kernels.extension_available(), mtd_kernels.extension_error()
+    x = torch.randn(1, 2, 5, 5)
+    w = [torch.randn(3, 2, 1, 1), torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1)]
+    for op in ("cp_conv2d", "cp4_conv2d", "tucker_conv2d"):
+        cpu_line = [ln for ln in torch._C._dispatch_dump(f"mtd::{op}").splitlines() if ln.startswith("CPU:")]
+        assert cpu_line and ".cpp" in cpu_line[0], cpu_line  # the C++ kernel, not the Python fallback
+    torch.ops.mtd.cp_conv2d(x, *w, None, [1, 1], [1, 1], [1, 1], False)
+
+
+def test_import_never_queries_the_gpu():
+    res = _run("""
+        import torch
+        def boom(*a, **k):
+            raise AssertionError("GPU queried at import")
+        torch.cuda.is_available = boom
+        torch.cuda.device_count = boom
+        torch.cuda.get_device_capability = boom
+        import mtd, mtd_kernels, mtd_kernels.triton, mtd_kernels.dispatch
+        print("ok")
+    """)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_import_without_triton():
+    res = _run("""
+        import sys
+        sys.modules["triton"] = None  # any `import triton` now raises ImportError
+        import mtd, mtd_kernels, mtd_kernels.triton
+        from mtd_kernels.dispatch import cuda_kernel
+        print("ok")
+    """)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_missing_extension_falls_back_and_warns_once():
+    res = _run("""
+        import sys, warnings
+        sys.modules["mtd_kernels._C"] = None  # as if the extension had not been built
+        import torch, mtd_kernels
+        from mtd_kernels.reference import cp_conv2d_ref
+        assert not mtd_kernels.extension_available()
+        torch.manual_seed(0)
+        x = torch.randn(2, 4, 6, 6)
+        w = [torch.randn(3, 4, 1, 1), torch.randn(3, 1, 3, 3), torch.randn(5, 3, 1, 1)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y1 = mtd_kernels.cp_conv2d(x, *w, padding=1)
+            y2 = mtd_kernels.cp_conv2d(x, *w, padding=1)
+        msgs = [str(c.message) for c in caught if "mtd_kernels._C" in str(c.message)]
+        assert len(msgs) == 1, msgs
+        ref = torch.nn.functional.conv2d(torch.nn.functional.conv2d(torch.nn.functional.conv2d(
+            x, w[0]), w[1], padding=1, groups=3), w[2])
+        assert torch.allclose(y1, ref, atol=1e-5) and torch.equal(y1, y2)
+        print("ok")
+    """)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr + res.stdout
+
+
+def test_cuda_backend_switch_validates():
+    from mtd_kernels.dispatch import cuda_backend, set_cuda_backend
+
+    with pytest.raises(ValueError, match="unknown CUDA backend"):
+        set_cuda_backend("opencl")
+    set_cuda_backend("torch")
+    try:
+        assert cuda_backend() == "torch"
+    finally:
+        set_cuda_backend(None)
