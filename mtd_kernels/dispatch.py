@@ -1,6 +1,8 @@
 """Chooses the CUDA implementation of each op: Triton, the hand-written CUDA kernels, or the chain.
 
-``MTD_CUDA_BACKEND=auto|triton|cuda|torch`` (or :func:`set_cuda_backend`) overrides the choice.
+``MTD_CUDA_BACKEND=auto|triton|cuda|torch`` (or :func:`set_cuda_backend`) overrides the choice;
+``auto`` takes the first available of :data:`AUTO_ORDER`, else the chain.  Triton covers float32,
+float16 and bfloat16; other dtypes (float64) fall back to the CUDA extension or the chain.
 Nothing here touches a GPU at import time.
 """
 from __future__ import annotations

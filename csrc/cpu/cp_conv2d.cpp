@@ -16,8 +16,20 @@ struct CpDepthwise {
   int64_t extra_elems(int64_t /*rows_out*/) const { return 0; }
 
   void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* /*extra*/, T* v) const {
-    cpu::depthwise_chunk(u, lo, rows_in, g.w, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw, g.wo, oh0,
+    cpu::depthwise_chunk(u, lo, rows_in, g.w, r1, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw, g.wo, oh0,
                          oh1, w, v);  // (rows_in, W, R) -> (oh1-oh0, Wo, R)
+  }
+
+  // whole map (H, W, R) -> (Ho, Wo, R), channels split into `blocks` parallel pieces
+  void run_channel_split(const T* u, T* /*extra*/, T* v, int64_t blocks) const {
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [c0, c1] = cpu::channel_block(r1, blocks, b);
+        if (c0 >= c1) continue;
+        cpu::depthwise_chunk(u + c0, 0, g.h, g.w, c1 - c0, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw,
+                             g.wo, 0, g.ho, w + c0, v + c0);
+      }
+    });
   }
 };
 

@@ -92,18 +92,36 @@ Tiling plan_tiling(int64_t n, const Window& g, int64_t elem_size, int64_t in_ele
   // Working set of a task (its U, middle scratch, V and output tile) kept within about half the
   // 2 MiB L2 of the target machine, leaving room for the two 1x1 weight matrices.
   constexpr int64_t kTaskBudgetBytes = 1 << 20;
+  // Below this many output pixels per GEMM, MKL's small-matrix paths lose much of their speed.
+  constexpr int64_t kMinPixelsPerTask = 32;
   auto bytes = [&](int64_t rows) {
     return (g.max_rows_in(rows) * in_elems_per_row + rows * (scratch_elems_per_out_row + out_elems_per_row)) *
            elem_size;
   };
   int64_t chunks = 1;
   while (chunks < g.ho && bytes((g.ho + chunks - 1) / chunks) > kTaskBudgetBytes) ++chunks;
-  // With fewer images than threads, split images into row chunks so every thread has work
-  // (each chunk recomputes only a (kh-1)*dh-row halo of the first 1x1 conv).
   const int64_t threads = at::get_num_threads();
-  if (n * chunks < threads) chunks = std::min<int64_t>(g.ho, (threads + n - 1) / n);
-  const int64_t rows = (g.ho + chunks - 1) / chunks;
-  return Tiling{rows, (g.ho + rows - 1) / rows};
+  Tiling tl{0, 0, 1, false};
+  if (threads > 1 && n < threads && n * chunks < threads) {
+    // Fewer images than threads: split images into row chunks, unless each chunk's halo (input rows
+    // the first 1x1 conv recomputes) would add more than a quarter to that stage.
+    chunks = std::min<int64_t>(g.ho, (threads + n - 1) / n);
+    const int64_t rows = (g.ho + chunks - 1) / chunks;
+    int64_t rows_in = 0;
+    for (int64_t oh0 = 0; oh0 < g.ho; oh0 += rows) {
+      rows_in += std::max<int64_t>(0, g.rows_hi(std::min(g.ho, oh0 + rows)) - g.rows_lo(oh0));
+    }
+    tl.channel_split = 4 * rows_in > 5 * g.h || chunks < threads;
+  } else if (chunks == 1) {
+    // Tiny images: a task takes several so its GEMMs stay efficient (channels_last images are
+    // contiguous rows of one matrix; NCHW ones are staged through a channels_last copy).
+    const int64_t want = (kMinPixelsPerTask + g.ho * g.wo - 1) / (g.ho * g.wo);
+    const int64_t fit = std::max<int64_t>(1, kTaskBudgetBytes / std::max<int64_t>(1, bytes(g.ho)));
+    tl.images_per_task = std::max<int64_t>(1, std::min({want, fit, n / threads}));
+  }
+  tl.rows_per_chunk = (g.ho + chunks - 1) / chunks;
+  tl.chunks_per_image = (g.ho + tl.rows_per_chunk - 1) / tl.rows_per_chunk;
+  return tl;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ template <typename T>
 __attribute__((always_inline)) inline void depthwise_row_impl(T* dst, int64_t wo, int64_t r, const T* src,
                                                               int64_t w_src, const int64_t* row_off,
                                                               const int64_t* ki_idx, int64_t n_rows, int64_t kw,
-                                                              int64_t sw, int64_t pw, int64_t dw, const T* w) {
+                                                              int64_t sw, int64_t pw, int64_t dw, const T* w,
+                                                              int64_t ld) {
   constexpr int64_t B = kBlock<T>;
   for (int64_t ow = 0; ow < wo; ++ow) {
     // valid horizontal taps kj in [kj0, kj1): 0 <= ow*sw - pw + kj*dw < w_src
@@ -31,16 +32,16 @@ __attribute__((always_inline)) inline void depthwise_row_impl(T* dst, int64_t wo
     int64_t kj0 = 0, kj1 = kw;
     while (kj0 < kw && iw0 + kj0 * dw < 0) ++kj0;
     while (kj1 > kj0 && iw0 + (kj1 - 1) * dw >= w_src) --kj1;
-    T* out = dst + ow * r;
+    T* out = dst + ow * ld;
     int64_t c = 0;
     for (; c + B <= r; c += B) {
       T acc[B] = {};
       for (int64_t i = 0; i < n_rows; ++i) {
         const T* srow = src + row_off[i] + c;
-        const T* wrow = w + ki_idx[i] * kw * r + c;
+        const T* wrow = w + ki_idx[i] * kw * ld + c;
         for (int64_t kj = kj0; kj < kj1; ++kj) {
-          const T* sp = srow + (iw0 + kj * dw) * r;
-          const T* wp = wrow + kj * r;
+          const T* sp = srow + (iw0 + kj * dw) * ld;
+          const T* wp = wrow + kj * ld;
 #pragma omp simd
           for (int64_t j = 0; j < B; ++j) acc[j] += wp[j] * sp[j];
         }
@@ -53,10 +54,10 @@ __attribute__((always_inline)) inline void depthwise_row_impl(T* dst, int64_t wo
       for (int64_t j = 0; j < rem; ++j) out[c + j] = T(0);
       for (int64_t i = 0; i < n_rows; ++i) {
         const T* srow = src + row_off[i] + c;
-        const T* wrow = w + ki_idx[i] * kw * r + c;
+        const T* wrow = w + ki_idx[i] * kw * ld + c;
         for (int64_t kj = kj0; kj < kj1; ++kj) {
-          const T* sp = srow + (iw0 + kj * dw) * r;
-          const T* wp = wrow + kj * r;
+          const T* sp = srow + (iw0 + kj * dw) * ld;
+          const T* wp = wrow + kj * ld;
 #pragma omp simd
           for (int64_t j = 0; j < rem; ++j) out[c + j] += wp[j] * sp[j];
         }
@@ -69,14 +70,14 @@ __attribute__((always_inline)) inline void depthwise_row_impl(T* dst, int64_t wo
 
 MTD_ISA_CLONES void depthwise_row(float* dst, int64_t wo, int64_t r, const float* src, int64_t w_src,
                                   const int64_t* row_off, const int64_t* ki_idx, int64_t n_rows, int64_t kw,
-                                  int64_t sw, int64_t pw, int64_t dw, const float* w) {
-  depthwise_row_impl(dst, wo, r, src, w_src, row_off, ki_idx, n_rows, kw, sw, pw, dw, w);
+                                  int64_t sw, int64_t pw, int64_t dw, const float* w, int64_t ld) {
+  depthwise_row_impl(dst, wo, r, src, w_src, row_off, ki_idx, n_rows, kw, sw, pw, dw, w, ld);
 }
 
 MTD_ISA_CLONES void depthwise_row(double* dst, int64_t wo, int64_t r, const double* src, int64_t w_src,
                                   const int64_t* row_off, const int64_t* ki_idx, int64_t n_rows, int64_t kw,
-                                  int64_t sw, int64_t pw, int64_t dw, const double* w) {
-  depthwise_row_impl(dst, wo, r, src, w_src, row_off, ki_idx, n_rows, kw, sw, pw, dw, w);
+                                  int64_t sw, int64_t pw, int64_t dw, const double* w, int64_t ld) {
+  depthwise_row_impl(dst, wo, r, src, w_src, row_off, ki_idx, n_rows, kw, sw, pw, dw, w, ld);
 }
 
 }  // namespace cpu

@@ -31,6 +31,23 @@ struct TuckerCore {
     cpu::gemm(true, false, r2, p, kk, core, kk, u, kk, v, r2);
   }
 
+  // whole map: im2col split over output rows, then the core GEMM split over R2 blocks
+  void run_channel_split(const T* u, T* cols, T* v, int64_t blocks) const {
+    const int64_t kk = k(), p = g.ho * g.wo;
+    if (!pointwise()) {
+      at::parallel_for(0, g.ho, 1, [&](int64_t oh0, int64_t oh1) {
+        im2col(u, 0, g.h, oh0, oh1, cols + oh0 * g.wo * kk);  // (Ho*Wo, K), rows split over threads
+      });
+      u = cols;
+    }
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [c0, c1] = cpu::channel_block(r2, blocks, b);
+        if (c0 < c1) cpu::gemm(true, false, c1 - c0, p, kk, core + c0 * kk, kk, u, kk, v + c0, r2);
+      }
+    });
+  }
+
   void im2col(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols) const {
     const size_t tap_bytes = static_cast<size_t>(r1) * sizeof(T);
     for (int64_t oh = oh0; oh < oh1; ++oh) {

@@ -48,4 +48,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AVAILABLE", "available", "supports", "import_error", "cp_conv2d", "cp4_conv2d", "tucker_conv2d"]
+__all__ = ["AVAILABLE", "available", "supports", "import_error"]
+if _IMPORT_ERROR is None:
+    __all__ += ["cp_conv2d", "cp4_conv2d", "tucker_conv2d"]

@@ -1,4 +1,5 @@
-"""Fused Triton CP4 conv: 1x1 (R, S) -> depthwise kh x 1 -> depthwise 1 x kw -> 1x1 (T, R) + bias [ReLU], one kernel.
+"""Fused Triton CP4 conv, one kernel: 1x1 (R, S) -> depthwise kh x 1 -> depthwise 1 x kw -> 1x1 (T, R)
++ bias [ReLU].
 
 The vertical filter carries the H part of stride/padding/dilation, the horizontal one the W part;
 both depthwise stages run on the program's registers (vertical sum per column tap, then horizontal).
@@ -12,9 +13,9 @@ import triton
 import triton.language as tl
 
 from ..ops.cp4_conv2d import build_stages, check
-from ._common import (check_launch, dot_precision, first_pointwise_at, geometry, last_pointwise,
-                      make_configs, make_pruner, output_pixels, prepare_output, store_output,
-                      stride_args)
+from ._common import (check_launch, device_guard, dot_precision, first_pointwise_at, geometry,
+                      last_pointwise, make_configs, make_pruner, output_pixels, prepare_output,
+                      store_output, stride_args)
 
 
 @triton.autotune(
@@ -42,10 +43,11 @@ def _cp4_conv2d_kernel(
         r = r0 + tl.arange(0, BLOCK_R)
         r_ok = r < R
         z = tl.zeros((BLOCK_P, BLOCK_R), dtype=tl.float32)  # horizontal output of these pixels
-        for j in tl.static_range(KW):
+        # Runtime loops over the taps (not unrolled): one tap's offsets live at a time.
+        for j in range(0, KW):
             wi = wo * STRIDE_W - PAD_W + j * DIL_W
             z_vert = tl.zeros((BLOCK_P, BLOCK_R), dtype=tl.float32)  # vertical output at column wi
-            for i in tl.static_range(KH):
+            for i in range(0, KH):
                 hi = ho * STRIDE_H - PAD_H + i * DIL_H
                 y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r, r_ok, S, H, W,
                                        stride_xc, stride_xh, stride_xw,
@@ -80,13 +82,14 @@ def cp4_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_vertical: torch.Tensor,
     kh, kw = w_vertical.shape[2], w_horizontal.shape[3]
     p = n * out.shape[2] * out.shape[3]
     grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(t, meta["BLOCK_T"]))  # noqa: E731
-    _cp4_conv2d_kernel[grid](
-        x, w_first.contiguous(), w_vertical.contiguous(), w_horizontal.contiguous(), w_last.contiguous(),
-        bias.contiguous() if bias is not None else out, out,
-        p, s, r, t, h, w, out.shape[2], out.shape[3],
-        *stride_args(x), *stride_args(out),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
-        DOT_PRECISION=dot_precision(x, allow_tf32),
-    )
+    with device_guard(x):
+        _cp4_conv2d_kernel[grid](
+            x, w_first.contiguous(), w_vertical.contiguous(), w_horizontal.contiguous(), w_last.contiguous(),
+            bias.contiguous() if bias is not None else out, out,
+            p, s, r, t, h, w, out.shape[2], out.shape[3],
+            *stride_args(x), *stride_args(out),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
+            DOT_PRECISION=dot_precision(x, allow_tf32),
+        )
     return out

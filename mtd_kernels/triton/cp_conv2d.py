@@ -8,9 +8,9 @@ import triton
 import triton.language as tl
 
 from ..ops.cp_conv2d import build_stages, check
-from ._common import (check_launch, dot_precision, first_pointwise_at, geometry, last_pointwise,
-                      make_configs, make_pruner, output_pixels, prepare_output, store_output,
-                      stride_args)
+from ._common import (check_launch, device_guard, dot_precision, first_pointwise_at, geometry,
+                      last_pointwise, make_configs, make_pruner, output_pixels, prepare_output,
+                      store_output, stride_args)
 
 
 @triton.autotune(
@@ -38,15 +38,15 @@ def _cp_conv2d_kernel(
         r = r0 + tl.arange(0, BLOCK_R)
         r_ok = r < R
         z = tl.zeros((BLOCK_P, BLOCK_R), dtype=tl.float32)  # depthwise output of these pixels
-        for i in tl.static_range(KH):
-            hi = ho * STRIDE_H - PAD_H + i * DIL_H
-            for j in tl.static_range(KW):
-                wi = wo * STRIDE_W - PAD_W + j * DIL_W
-                y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r, r_ok, S, H, W,
-                                       stride_xc, stride_xh, stride_xw,
-                                       BLOCK_P, BLOCK_S, BLOCK_R, DOT_PRECISION)
-                tap = tl.load(w_dw_ptr + r * (KH * KW) + (i * KW + j), mask=r_ok, other=0.0)  # (BLOCK_R,)
-                z += y * tap.to(tl.float32)[None, :]
+        # A runtime loop over the taps (not unrolled): one tap's offsets live at a time.
+        for tap in range(0, KH * KW):
+            hi = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
+            wi = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
+            y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r, r_ok, S, H, W,
+                                   stride_xc, stride_xh, stride_xw,
+                                   BLOCK_P, BLOCK_S, BLOCK_R, DOT_PRECISION)
+            w_tap = tl.load(w_dw_ptr + r * (KH * KW) + tap, mask=r_ok, other=0.0)  # (BLOCK_R,)
+            z += y * w_tap.to(tl.float32)[None, :]
         acc = last_pointwise(acc, z, w_last_ptr, r, r_ok, t, t_ok, R, DOT_PRECISION)
     store_output(acc, bias_ptr, out_ptr, n, ho, wo, pix_ok, t, t_ok,
                  stride_on, stride_oc, stride_oh, stride_ow, HAS_BIAS, RELU)
@@ -72,13 +72,14 @@ def cp_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_depthwise: torch.Tensor,
     kh, kw = w_depthwise.shape[2:]
     p = n * out.shape[2] * out.shape[3]
     grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(t, meta["BLOCK_T"]))  # noqa: E731
-    _cp_conv2d_kernel[grid](
-        x, w_first.contiguous(), w_depthwise.contiguous(), w_last.contiguous(),
-        bias.contiguous() if bias is not None else out, out,
-        p, s, r, t, h, w, out.shape[2], out.shape[3],
-        *stride_args(x), *stride_args(out),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
-        DOT_PRECISION=dot_precision(x, allow_tf32),
-    )
+    with device_guard(x):
+        _cp_conv2d_kernel[grid](
+            x, w_first.contiguous(), w_depthwise.contiguous(), w_last.contiguous(),
+            bias.contiguous() if bias is not None else out, out,
+            p, s, r, t, h, w, out.shape[2], out.shape[3],
+            *stride_args(x), *stride_args(out),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
+            DOT_PRECISION=dot_precision(x, allow_tf32),
+        )
     return out

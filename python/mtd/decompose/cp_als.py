@@ -116,14 +116,35 @@ class _Mttkrp:
         return np.einsum(expr, y, *[factors[m] for m in small], optimize=True)  # (I_mode, R)
 
 
+def _normalized(raw: Sequence[np.ndarray]):
+    """Unit-norm columns and the product of the column norms as weights."""
+    norms = [np.linalg.norm(f, axis=0) for f in raw]
+    factors = [f / np.where(n > 0, n, 1.0) for f, n in zip(raw, norms)]
+    return factors, np.prod(norms, axis=0)
+
+
+def _error(mttkrp: "_Mttkrp", norm_x: float, factors, weights, grams, m_last=None) -> float:
+    """||X - X_hat|| / ||X|| from ||X||^2 - 2 <X, X_hat> + ||X_hat||^2 (one MTTKRP, no reconstruction)."""
+    if m_last is None:
+        m_last = mttkrp(len(factors) - 1, factors)
+    full_gram = np.ones_like(grams[0])
+    for g in grams:
+        full_gram *= g
+    inner = float(np.sum(m_last * factors[-1], axis=0) @ weights)
+    sq = norm_x**2 - 2.0 * inner + float(weights @ full_gram @ weights)
+    return float(np.sqrt(max(sq, 0.0)) / norm_x)
+
+
 def _als_run(mttkrp: _Mttkrp, norm_x: float, init: List[np.ndarray], n_iter_max: int, tol: float,
              max_norm_ratio: float) -> ALSResult:
+    """ALS sweeps with Bro-style line search: after each sweep try extrapolating along the last step
+    (step it^(1/N)), keep it if it lowers the error; this gets ALS out of slow "swamps"."""
     n = len(init)
     factors = [_unit_columns(f.copy()) for f in init]
     rank = factors[0].shape[1]
     grams = [f.T @ f for f in factors]
     weights = np.ones(rank)
-    prev_err, err, it = np.inf, np.inf, 0
+    prev_err, err, it, previous = np.inf, np.inf, 0, None
     for it in range(1, n_iter_max + 1):
         for mode in range(n):
             v = np.ones((rank, rank))
@@ -145,21 +166,26 @@ def _als_run(mttkrp: _Mttkrp, norm_x: float, init: List[np.ndarray], n_iter_max:
             raise _Diverged(
                 f"diverging component norms at sweep {it} (largest {weights.max():.3g} vs ||W|| = {norm_x:.3g})"
             )
-        # ||X - X_hat||^2 = ||X||^2 - 2 <X, X_hat> + ||X_hat||^2, all from quantities already computed
-        full_gram = np.ones((rank, rank))
-        for g in grams:
-            full_gram *= g
-        inner = float(np.sum(m_mode * factors[-1], axis=0) @ weights)
-        sq = norm_x**2 - 2.0 * inner + float(weights @ full_gram @ weights)
-        err = np.sqrt(max(sq, 0.0)) / norm_x
+        err = _error(mttkrp, norm_x, factors, weights, grams, m_mode)
+        current = factors[:-1] + [factors[-1] * weights]  # weights folded into the last mode
+        if previous is not None and it > 2:
+            step = it ** (1.0 / n)
+            cand, cand_w = _normalized([c + step * (c - p) for c, p in zip(current, previous)])
+            if np.isfinite(cand_w).all() and cand_w.max() <= max_norm_ratio * norm_x:
+                cand_grams = [f.T @ f for f in cand]
+                cand_err = _error(mttkrp, norm_x, cand, cand_w, cand_grams)
+                if cand_err < err:
+                    factors, weights, grams, err = cand, cand_w, cand_grams, cand_err
+                    current = factors[:-1] + [factors[-1] * weights]
+        previous = current
         if err < 1e-13 or prev_err - err < tol * prev_err:
             break
         prev_err = err
     return ALSResult(factors, weights, float(err), it)
 
 
-def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max: int = 200,
-           tol: float = 1e-7, seed: int = 0, n_restarts: int = 3, max_norm_ratio: float = 1e4) -> ALSResult:
+def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max: int = 100,
+           tol: float = 1e-6, seed: int = 0, n_restarts: int = 3, max_norm_ratio: float = 1e4) -> ALSResult:
     """CP of ``tensor`` at ``rank``; on NaN/Inf or diverging norms retry from seeded random inits.
 
     ``init``: 'svd', 'random' or factor matrices (I_n, R0) of any rank R0 (warm start).

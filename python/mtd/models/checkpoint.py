@@ -64,7 +64,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", *, weights_only: 
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
             AttributeError, ImportError, UnicodeDecodeError, IndexError, KeyError) as err:
         raise ValueError(f"{str(path)!r} is not a valid mtd checkpoint (could not be read: "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err

@@ -40,8 +40,22 @@ class CandidateGrid:
     @classmethod
     def small(cls) -> "CandidateGrid":
         """A coarser grid for quick runs (CLI default, tests)."""
-        return cls(cp_ratios=(2, 4, 8, 16, 32), cp4_ratios=(8,), tucker_fractions=(0.5, 0.25, 0.125),
+        return cls(cp_ratios=(4, 8, 16, 32), cp4_ratios=(8,), tucker_fractions=(0.5, 0.25, 0.125),
                    svd_ratios=(2, 4))
+
+    @classmethod
+    def coarse(cls) -> "CandidateGrid":
+        """High-compression candidates only (full-width models, where high CP ranks are slow to compute)."""
+        return cls(cp_ratios=(6, 8, 12, 16, 24, 32, 48, 64), cp4_ratios=(16,),
+                   tucker_fractions=(0.375, 0.25, 0.1875, 0.125, 0.0625), svd_ratios=(2, 4))
+
+    @classmethod
+    def named(cls, name: str) -> "CandidateGrid":
+        """``full``, ``small`` or ``coarse``."""
+        grids = {"full": cls, "small": cls.small, "coarse": cls.coarse}
+        if name not in grids:
+            raise ValueError(f"unknown candidate grid {name!r}; choose one of {', '.join(grids)}")
+        return grids[name]()
 
 
 def conv_shape(conv: nn.Conv2d) -> tuple[int, int, int, int]:

@@ -53,6 +53,7 @@ class Plan:
     budget: dict[str, Any] = field(default_factory=dict)  # max_drop / target_ratio / tolerances used
     results: dict[str, Any] = field(default_factory=dict)  # measured accuracies, rounds, ...
     versions: dict[str, str] = field(default_factory=dict)
+    decomposition: dict[str, Any] = field(default_factory=dict)  # ALS settings (DecompositionSettings)
     format_version: int = PLAN_FORMAT_VERSION
 
     # -- totals -----------------------------------------------------------------------------------------

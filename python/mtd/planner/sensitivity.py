@@ -6,6 +6,7 @@ is replaced (all others dense). Calibration batches come from the *training* set
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +32,26 @@ class Calibration:
         self.batches = batches
         self.num_images = sum(int(y.numel()) for _, y in batches)
 
-    @torch.no_grad()
     def score(self, model: nn.Module) -> Score:
         """Loss/accuracy of ``model`` (put in eval mode) on the calibration batches."""
-        was_training = model.training
-        model.eval()
-        total_loss, correct = 0.0, 0
-        for x, y in self.batches:
-            logits = model(x).float()
-            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-        model.train(was_training)
-        return Score(total_loss / self.num_images, 100.0 * correct / self.num_images)
+        return score_loader(model, self.batches)
+
+
+@torch.no_grad()
+def score_loader(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Score:
+    """Mean cross-entropy and accuracy (percent) of ``model`` in eval mode over ``batches``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x).float()
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        count += int(y.numel())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("cannot score a model on an empty set of batches")
+    return Score(total_loss / count, 100.0 * correct / count)
 
 
 def sensitivity(model: nn.Module, name: str, replacement: nn.Module, calib: Calibration,

@@ -1,0 +1,140 @@
+// Fused CP4 convolution on CUDA: 1x1 (R,S) -> depthwise kh x 1 (H stride/padding/dilation) ->
+// depthwise 1 x kw (W stride/padding/dilation) -> 1x1 (T,R) + bias [ReLU], one kernel.
+#include "../ops.h"
+#include "fused_host.cuh"
+
+#include <array>
+
+namespace mtd {
+namespace cuda_detail {
+namespace {
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) cp4_fused_kernel(FusedArgs<T> a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Tile& t = a.tile;
+  const TileOrigin o = tile_origin(a);
+  const int R = a.R1, r_pad = round_up(R, kFrag);
+  const int v_img = t.th * t.wi, v_size = t.nb * v_img;  // vertical result: th x wi per image
+  T* z2 = smem_buf<T>(smem, a, kZ2);              // (r_pad x p)
+  const float* z1 = smem_f32(smem, a.off, kZ1);   // (rc x in_pad): nb blocks of hi x wi
+  float* vert = smem_f32(smem, a.off, kMid);      // (rc x nb*th*wi)
+  for (int group = blockIdx.z; group * t.nb < a.in.n; group += gridDim.z) {
+    const int n0 = group * t.nb;  // the tile's first image
+    for (int r0 = 0; r0 < r_pad; r0 += t.rc) {
+      first_pointwise(a, smem, n0, r0, t.rc, o.row0, o.col0);
+      // kh x 1 along H. Columns in the W padding stay zero (z1 is zero there), which is exactly
+      // the zero padding the horizontal conv sees.
+      for (int idx = threadIdx.x; idx < t.rc * v_size; idx += blockDim.x) {
+        const int r = idx / v_size, q = idx % v_size, img = q / v_img;
+        const int row = ((q % v_img) / t.wi) * a.sh, col = q % t.wi;
+        float v = 0.f;
+        if (r0 + r < R) {
+          const float* zr = z1 + r * t.in_pad + img * t.hw_in;
+          const T* wv = a.w_mid_a + static_cast<int64_t>(r0 + r) * a.kh;
+          for (int i = 0; i < a.kh; ++i) v += to_float(wv[i]) * zr[(row + i * a.dh) * t.wi + col];
+        }
+        vert[idx] = v;
+      }
+      __syncthreads();
+      // 1 x kw along W -> z2 rows.
+      for (int idx = threadIdx.x; idx < t.rc * t.p; idx += blockDim.x) {
+        const int r = idx / t.p, p = idx % t.p;
+        if (r0 + r >= r_pad) continue;
+        const Pixel px = tile_pixel(t, p);
+        float v = 0.f;
+        if (r0 + r < R && px.valid) {
+          const float* vr = vert + r * v_size + px.img * v_img + px.row * t.wi;
+          const int col = px.col * a.sw;
+          const T* wh = a.w_mid_b + static_cast<int64_t>(r0 + r) * a.kw;
+          for (int j = 0; j < a.kw; ++j) v += to_float(wh[j]) * vr[col + j * a.dw];
+        }
+        z2[(r0 + r) * t.p + p] = from_float<T>(v);
+      }
+      // first_pointwise of the next chunk starts with a barrier before touching z1 / vert's inputs;
+      // vert itself is rewritten only after that chunk's GEMM, behind more barriers.
+    }
+    __syncthreads();  // z2 complete; phase-1 buffers may now be reused by phase 2
+    last_pointwise_store(a, smem, z2, r_pad, n0, o.oh0, o.ow0);
+    __syncthreads();  // before the next images overwrite z2
+  }
+}
+
+}  // namespace
+}  // namespace cuda_detail
+
+at::Tensor cp4_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_vertical,
+                           const at::Tensor& w_horizontal, const at::Tensor& w_last,
+                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  using namespace cuda_detail;
+  constexpr const char* op = "mtd.cp4_conv2d (CUDA)";
+  check_common(op, input, {w_first, w_vertical, w_horizontal, w_last}, bias, stride, padding, dilation);
+  const int64_t S = input.size(1), R = w_first.size(0), T_out = w_last.size(0);
+  check_pointwise(op, w_first, -1, S, "w_first");
+  check_pointwise(op, w_last, -1, R, "w_last");
+  TORCH_CHECK(w_vertical.size(0) == R && w_vertical.size(1) == 1 && w_vertical.size(3) == 1, op,
+              ": w_vertical must have shape (R, 1, kh, 1) with R = ", R, ", got ", w_vertical.sizes());
+  TORCH_CHECK(w_horizontal.size(0) == R && w_horizontal.size(1) == 1 && w_horizontal.size(2) == 1, op,
+              ": w_horizontal must have shape (R, 1, 1, kw) with R = ", R, ", got ", w_horizontal.sizes());
+  TORCH_CHECK(!bias.has_value() || bias->size(0) == T_out, op, ": bias must have ", T_out, " elements");
+  const int kh = static_cast<int>(w_vertical.size(2)), kw = static_cast<int>(w_horizontal.size(3));
+  const int64_t ho = conv_out_size(input.size(2), kh, stride[0], padding[0], dilation[0]);
+  const int64_t wo = conv_out_size(input.size(3), kw, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(ho >= 1 && wo >= 1, op, ": input of spatial size ", input.sizes().slice(2),
+              " is too small for this kernel");
+
+  const c10::cuda::CUDAGuard guard(input.device());
+  if (input.scalar_type() == at::kDouble) {
+    at::Tensor y = at::conv2d(input, w_first);
+    const std::array<int64_t, 2> v_stride{stride[0], 1}, v_pad{padding[0], 0}, v_dil{dilation[0], 1};
+    const std::array<int64_t, 2> h_stride{1, stride[1]}, h_pad{0, padding[1]}, h_dil{1, dilation[1]};
+    y = at::conv2d(y, w_vertical, {}, v_stride, at::IntArrayRef(v_pad), v_dil, R);
+    y = at::conv2d(y, w_horizontal, {}, h_stride, at::IntArrayRef(h_pad), h_dil, R);
+    return finish_chain(input, at::conv2d(y, w_last), bias, relu);
+  }
+  at::Tensor out = alloc_output(input, T_out, ho, wo);
+  if (out.numel() == 0) return out;
+  if (R == 0 || S == 0) {  // the chain is just the bias (or zeros)
+    out.zero_();
+    if (bias.has_value()) out.add_(bias->view({1, -1, 1, 1}));
+    return relu ? out.relu_() : out;
+  }
+  const at::Tensor wf = w_first.contiguous(), wv = w_vertical.contiguous(), wh = w_horizontal.contiguous(),
+                   wl = w_last.contiguous();
+  const int device = input.get_device();
+  const int r_pad = round_up(static_cast<int>(R), kFrag);
+
+  MTD_DISPATCH_FLOAT_HALF_BF16(input.scalar_type(), "mtd_cp4_conv2d_cuda", [&] {
+    using T = typename NativeType<scalar_t>::type;
+    FusedArgs<T> a = base_args<T>(input, out, wf, wl, bias, stride, padding, dilation, relu);
+    a.w_mid_a = reinterpret_cast<const T*>(wv.const_data_ptr());
+    a.w_mid_b = reinterpret_cast<const T*>(wh.const_data_ptr());
+    a.R1 = a.R2 = static_cast<int>(R);
+    a.kh = kh;
+    a.kw = kw;
+    auto tile_for = [&](int th, int tw, int target_p, int chunk) {
+      return make_tile(th, tw, target_p, chunk, input.size(0), S, R, T_out, kh, kw, a.sh, a.sw, a.dh, a.dw, wo);
+    };
+    auto layout = [&](const Tile& t, int* off) {
+      const size_t e = sizeof(T);
+      SmemPlanner region_a;
+      off[kZ2] = static_cast<int>(region_a.take(r_pad * t.p * e));
+      SmemPlanner phase1{region_a.cur}, phase2{region_a.cur};  // phase 2 reuses phase 1's space
+      off[kXs] = static_cast<int>(phase1.take(t.sc * t.in_pad * e));
+      off[kWf] = static_cast<int>(phase1.take(t.rc * t.sc * e));
+      off[kZ1] = static_cast<int>(phase1.take(t.rc * t.in_pad * sizeof(float)));
+      off[kMid] = static_cast<int>(phase1.take(t.rc * t.nb * t.th * t.wi * sizeof(float)));
+      off[kWl] = static_cast<int>(phase2.take(t.tb * t.rc * e));
+      off[kAcc] = static_cast<int>(phase2.take(t.tb * acc_ld(t.p) * sizeof(float)));
+      return std::max(phase1.cur, phase2.cur);
+    };
+    const auto chosen = choose_tile(op, ho, wo, tile_for, layout, a.off, device_smem_limit(device));
+    a.tile = chosen.first;
+    layout(a.tile, a.off);
+    launch_fused<T>(cp4_fused_kernel<T>, a, chosen.second, device);
+  });
+  return out;
+}
+
+}  // namespace mtd

@@ -1,0 +1,52 @@
+"""The ``mtd`` command line: ``mtd train | compress | eval | report``.
+
+User errors (missing or corrupt files, a checkpoint of another model, unsupported layers, bad options)
+print one line ``mtd: error: ...`` and exit with status 2; set ``MTD_DEBUG=1`` for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from .commands import compress_cmd, eval_cmd, report_cmd, train_cmd
+from .commands.common import CLIError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtd", description="Compress CNNs by mixed tensor decomposition.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,compress,eval,report}")
+    for module in (train_cmd, compress_cmd, eval_cmd, report_cmd):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``mtd`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, FileNotFoundError) as err:
+        return _user_error(err)
+    except (ValueError, TypeError) as err:  # validation errors raised by the library
+        if os.environ.get("MTD_DEBUG"):
+            raise
+        return _user_error(err)
+    except KeyboardInterrupt:
+        print("mtd: interrupted", file=sys.stderr)
+        return 130
+
+
+def _user_error(err: BaseException) -> int:
+    if os.environ.get("MTD_DEBUG"):
+        raise err
+    lines = str(err).strip().splitlines()
+    print(f"mtd: error: {lines[0] if lines else type(err).__name__}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

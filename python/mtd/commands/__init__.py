@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mtd`` command line (see :mod:`mtd.cli`)."""

@@ -1,0 +1,32 @@
+"""``mtd eval``: test accuracy of a baseline or compressed checkpoint."""
+from __future__ import annotations
+
+import argparse
+
+from .common import data_loaders, load_any_model, load_data
+from .train_cmd import add_common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a (baseline or compressed) checkpoint on the test set")
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--batch-size", type=int, default=500)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import evaluate
+    from ..utils import pick_device
+
+    device = pick_device(args.device)
+    model, plan = load_any_model(args.checkpoint)
+    arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
+    _, test = data_loaders(arrays, args.batch_size, device)
+    result = evaluate(model.to(device), test)
+    params = sum(p.numel() for p in model.parameters())
+    kind = f"compressed ({plan.method})" if plan else "baseline"
+    print(f"{args.checkpoint}: {kind}, {params:,} parameters, test accuracy {100 * result['accuracy']:.2f}% "
+          f"(loss {result['loss']:.4f}, {result['samples']} images)")
+    return 0

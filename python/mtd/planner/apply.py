@@ -1,0 +1,67 @@
+"""Rebuild a compressed model from the original one and a plan (deterministic, bit-exact)."""
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+
+from .factor_cache import DecompositionSettings, FactorCache
+from .layer_factory import build_layer, empty_layer
+from .plan import Plan
+from .surgery import get_submodule, set_submodule
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer the planner cannot compress (only ungrouped Conv2d and Linear layers are supported)."""
+
+
+def check_layer(name: str, module: nn.Module, method: str) -> None:
+    """Raise :class:`UnsupportedLayerError` if ``method`` cannot be applied to ``module``."""
+    if method in ("cp", "cp4", "tucker"):
+        if not isinstance(module, nn.Conv2d) or module.groups != 1:
+            raise UnsupportedLayerError(
+                f"layer {name!r} is {type(module).__name__}"
+                f"{'' if not isinstance(module, nn.Conv2d) else f' with groups={module.groups}'}; "
+                f"method {method!r} needs an ungrouped nn.Conv2d")
+    elif method == "svd":
+        if not isinstance(module, nn.Linear):
+            raise UnsupportedLayerError(f"layer {name!r} is {type(module).__name__}; method 'svd' needs nn.Linear")
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+               backend: str = "fused", cache: Optional[FactorCache] = None, inplace: bool = False,
+               decompose: bool = True) -> nn.Module:
+    """Return ``model`` with every planned layer replaced by its decomposed version.
+
+    ``model`` must hold the original (uncompressed) weights the plan was made from; the
+    decompositions are recomputed with the plan's seeds and warm-start chains, so the result is
+    identical to the planner's model before fine-tuning. Pass ``state_dict`` (e.g. a fine-tuned
+    compressed model's) to load it on top. ``backend`` is "fused" (mtd_kernels) or "torch".
+    ``decompose=False`` (only with ``state_dict``) skips the decompositions and builds empty layers of
+    the planned shapes, which is much faster when the weights are loaded anyway.
+    """
+    if not decompose and state_dict is None:
+        raise ValueError("apply_plan(decompose=False) needs a state_dict to fill the layers")
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be an mtd.planner.Plan, got {type(plan).__name__}")
+    target = model if inplace else copy.deepcopy(model)
+    if cache is None:
+        cache = FactorCache(settings=DecompositionSettings(**plan.decomposition))
+    for lp in plan.layers:
+        if lp.method == "dense":
+            continue
+        module = get_submodule(target, lp.name)
+        check_layer(lp.name, module, lp.method)
+        if decompose:
+            factors = cache.factors(module.weight, lp.method, lp.ranks, lp.seed, lp.warm_start)
+            new = build_layer(module, lp.method, factors, backend=backend)
+        else:
+            new = empty_layer(module, lp.method, lp.ranks, backend=backend)
+        set_submodule(target, lp.name, new)
+    if state_dict is not None:
+        from ..models.checkpoint import load_state_dict_checked
+
+        load_state_dict_checked(target, state_dict, source="compressed state_dict")
+    return target

@@ -1,0 +1,111 @@
+"""Cached, deterministic decompositions of layer weights.
+
+Keyed by a hash of the weight plus (method, ranks, seed, warm-start chain, ALS settings): the same
+key always gives bit-identical factors, which is what lets :func:`apply_plan` rebuild a compressed
+model exactly. Lower CP ranks are warm-started from the next higher rank's factors; the chain of
+ranks used is part of the key (and of the plan).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .. import decompose
+from ..utils import atomic_write
+
+_FACTOR_TYPES = {"cp": decompose.CPFactors, "cp4": decompose.CP4Factors, "tucker": decompose.TuckerFactors,
+                 "svd": decompose.SVDFactors}
+
+
+def weight_hash(weight: torch.Tensor) -> str:
+    """Content hash of a weight tensor (shape, dtype and values)."""
+    w = weight.detach().to("cpu").contiguous()
+    h = hashlib.sha1(f"{tuple(w.shape)}|{w.dtype}".encode())
+    h.update(w.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecompositionSettings:
+    """ALS settings that change the CP result (recorded in the plan)."""
+
+    cp_n_iter_max: int = 100
+    cp_tol: float = 1e-6
+
+
+class FactorCache:
+    """In-memory (and optional on-disk) cache of decompositions."""
+
+    def __init__(self, cache_dir: Optional[str | Path] = None,
+                 settings: DecompositionSettings = DecompositionSettings()):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.settings = settings
+        self._memory: dict[tuple, Any] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def factors(self, weight: torch.Tensor, method: str, ranks: Sequence[int], seed: int = 0,
+                warm_start: Sequence[int] = (), whash: Optional[str] = None) -> Any:
+        """Factors of ``weight`` for ``method`` at ``ranks``; CP/CP4 first decompose the ranks in
+        ``warm_start`` (in order), each warm-starting the next."""
+        if method not in _FACTOR_TYPES:
+            raise ValueError(f"cannot decompose with method {method!r}; allowed: {sorted(_FACTOR_TYPES)}")
+        whash = whash or weight_hash(weight)
+        ranks, warm_start = tuple(int(r) for r in ranks), tuple(int(r) for r in warm_start)
+        if warm_start and method not in ("cp", "cp4"):
+            raise ValueError(f"warm starts are only used for CP/CP4, not {method!r}")
+        key = (whash, method, ranks, seed, warm_start, self.settings)
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key]
+        result = self._load(key)
+        if result is None:
+            self.misses += 1
+            init = "svd"
+            if warm_start:
+                init = self.factors(weight, method, warm_start[-1:], seed, warm_start[:-1], whash)
+            result = self._compute(weight, method, ranks, seed, init)
+            self._store(key, result)
+        self._memory[key] = result
+        return result
+
+    def _compute(self, weight: torch.Tensor, method: str, ranks: tuple, seed: int, init: Any) -> Any:
+        s = self.settings
+        if method == "cp":
+            return decompose.cp_decompose_conv(weight, ranks[0], init=init, seed=seed,
+                                               n_iter_max=s.cp_n_iter_max, tol=s.cp_tol)
+        if method == "cp4":
+            return decompose.cp4_decompose_conv(weight, ranks[0], init=init, seed=seed,
+                                                n_iter_max=s.cp_n_iter_max, tol=s.cp_tol)
+        if method == "tucker":
+            return decompose.tucker2_decompose_conv(weight, ranks=tuple(ranks))  # deterministic (SVD init)
+        return decompose.svd_decompose(weight, ranks[0])
+
+    # -- disk ---------------------------------------------------------------------------------------------
+    def _path(self, key: tuple) -> Optional[Path]:
+        if self.cache_dir is None:
+            return None
+        whash, method, ranks, seed, warm, settings = key
+        tag = hashlib.sha1(repr((ranks, seed, warm, dataclasses.astuple(settings))).encode()).hexdigest()[:16]
+        return self.cache_dir / f"{whash}-{method}-{tag}.pt"
+
+    def _load(self, key: tuple) -> Any:
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return _FACTOR_TYPES[key[1]](**payload)
+        except Exception:  # a stale or damaged cache entry is recomputed, never trusted
+            return None
+
+    def _store(self, key: tuple, result: Any) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        with atomic_write(path, "wb") as f:
+            torch.save(dataclasses.asdict(result), f)

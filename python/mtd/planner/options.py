@@ -1,0 +1,84 @@
+"""Score every candidate of every layer: build it, count it, and measure it in the network."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..utils import progress_bar
+from .candidates import Candidate, CandidateGrid, layer_candidates
+from .factor_cache import FactorCache, weight_hash
+from .layer_factory import build_layer, dense_cost, layer_cost
+from .select import Scored
+from .sensitivity import Calibration, Score, sensitivity
+
+
+def warm_chain(candidate: Candidate, all_candidates: list[Candidate]) -> tuple[int, ...]:
+    """Higher CP ranks of the same method decomposed before ``candidate`` (each warm-starts the next)."""
+    if candidate.method not in ("cp", "cp4"):
+        return ()
+    rank = candidate.ranks[0]
+    higher = sorted({c.ranks[0] for c in all_candidates if c.method == candidate.method and c.ranks[0] > rank},
+                    reverse=True)
+    return tuple(higher)
+
+
+def record_io_shapes(model: nn.Module, names: list[str], sample: torch.Tensor) -> dict[str, tuple]:
+    """``{name: (input_hw, output_hw)}`` of each named conv from one forward pass of ``sample``."""
+    shapes: dict[str, tuple] = {}
+    hooks = []
+    for name in names:
+        def hook(module, inputs, output, name=name):
+            shapes[name] = (tuple(inputs[0].shape[2:]), tuple(output.shape[2:]))
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            model(sample)
+            model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, calib: Calibration, base: Score,
+                  cache: FactorCache, io_shapes: dict[str, tuple], seed: int, *, measure: bool = True,
+                  only: Optional[Callable[[str, nn.Module], list[Candidate]]] = None,
+                  progress: bool = True) -> dict[str, list[Scored]]:
+    """``{layer: [Scored dense, Scored candidates...]}``; ``only`` overrides the candidate list per layer.
+
+    With ``measure=False`` the sensitivities are left at 0 (baselines that pick ranks by rule).
+    """
+    per_layer = {}
+    for name in layers:
+        module = model.get_submodule(name)
+        per_layer[name] = only(name, module) if only else layer_candidates(module, grid)
+    total = sum(len(c) for c in per_layer.values())
+    bar = progress_bar(total=total, desc="scoring candidates", enabled=progress, unit="cand")
+    options: dict[str, list[Scored]] = {}
+    try:
+        for name, cands in per_layer.items():
+            module = model.get_submodule(name)
+            in_hw = io_shapes[name][0]
+            whash = weight_hash(module.weight)
+            params, flops = dense_cost(module, in_hw)
+            scored = [Scored(Candidate("dense"), params, flops)]
+            for cand in cands:
+                bar.set_postfix_str(f"{name} {cand.label()}", refresh=False)
+                factors = cache.factors(module.weight, cand.method, cand.ranks, seed, warm_chain(cand, cands),
+                                        whash=whash)
+                layer = build_layer(module, cand.method, factors, backend="torch")
+                p, f = layer_cost(layer, in_hw)
+                s = Scored(cand, p, f, rel_error=float(factors.rel_error))
+                if measure:
+                    d = sensitivity(model, name, layer, calib, base)
+                    s.loss, s.accuracy = d["loss"], d["accuracy"]
+                scored.append(s)
+                bar.update(1)
+            options[name] = scored
+    finally:
+        bar.close()
+    return options

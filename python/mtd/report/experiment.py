@@ -1,0 +1,174 @@
+"""The CIFAR benchmark pipeline shared by ``benchmarks/cifar_cpu.py`` and ``benchmarks/cifar_gpu.py``.
+
+Train a baseline, compress it with MTD (and baselines), fine-tune, evaluate on the TEST split, measure
+latency, and write a JSON + Markdown results table.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..utils import atomic_write
+
+
+@dataclass
+class ExperimentConfig:
+    model: str = "vgg11"
+    width: float = 0.25
+    train_epochs: int = 30
+    train_lr: float = 0.1
+    batch_size: int = 128
+    methods: tuple = ("mtd", "cp-vbmf", "tucker-vbmf")
+    max_drop: float = 1.0
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.01
+    calib_size: int = 1024
+    holdout_size: int = 2000
+    max_rounds: int = 2
+    grid: str = "full"  # "full", "small" or "coarse" (see CandidateGrid)
+    cp_n_iter_max: int = 100
+    latency_batches: tuple = (1,)
+    latency_device: str = "cpu"
+    seed: int = 0
+    time_budget_s: Optional[float] = None  # skip remaining methods when the budget would be exceeded
+    extra: dict = field(default_factory=dict)
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """Host, CPU, thread count and (if used) GPU name, for the results file."""
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": _cpu_name(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: Callable[[str], None] = print,
+                   progress: bool = True) -> dict[str, Any]:
+    """Run the whole benchmark; returns the results dict (also holds the plans)."""
+    from ..data import TensorDataLoader
+    from ..models import build_model
+    from ..planner import CandidateGrid, compress
+    from ..train import evaluate, train
+
+    t_start = time.perf_counter()
+    on_gpu = device.type == "cuda"
+    channels_last = True
+    results: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items()}, "machine": machine_description(device),
+                               "rows": [], "plans": {}}
+    test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device, channels_last=channels_last)
+    train_loader = TensorDataLoader(arrays.train_x, arrays.train_y, cfg.batch_size, train=True, device=device,
+                                    channels_last=channels_last, seed=cfg.seed)
+    model = build_model(cfg.model, num_classes=len(arrays.classes), width=cfg.width).to(device)
+    t0 = time.perf_counter()
+    train(model, train_loader, epochs=cfg.train_epochs, lr=cfg.train_lr, seed=cfg.seed, progress=progress,
+          channels_last=channels_last)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    base_acc = 100 * evaluate(model, test)["accuracy"]
+    results["baseline"] = {"accuracy": base_acc, "train_seconds": time.perf_counter() - t0,
+                           "params": sum(p.numel() for p in model.parameters())}
+    log(f"baseline {cfg.model} w={cfg.width}: {base_acc:.2f}% after {cfg.train_epochs} epochs "
+        f"({results['baseline']['train_seconds']:.0f} s)")
+    dense_latency = _latencies(model, cfg, device)
+    results["baseline"]["latency_ms"] = dense_latency
+    grid = CandidateGrid.named(cfg.grid)
+    per_method_s = None
+    for method in cfg.methods:
+        elapsed = time.perf_counter() - t_start
+        if cfg.time_budget_s is not None and per_method_s is not None and elapsed + per_method_s > cfg.time_budget_s:
+            log(f"skipping {method}: {elapsed:.0f} s used, ~{per_method_s:.0f} s needed, budget {cfg.time_budget_s:.0f} s")
+            results["rows"].append({"method": method, "skipped": "time budget"})
+            continue
+        t0 = time.perf_counter()
+        compressed, plan = compress(model, arrays, method=method, max_drop=cfg.max_drop, calib_size=cfg.calib_size,
+                                    holdout_size=cfg.holdout_size, finetune_epochs=cfg.finetune_epochs,
+                                    finetune_lr=cfg.finetune_lr, device=device, seed=cfg.seed, progress=progress,
+                                    grid=grid, max_rounds=cfg.max_rounds, cp_n_iter_max=cfg.cp_n_iter_max,
+                                    finetune_batch_size=cfg.batch_size)
+        seconds = time.perf_counter() - t0
+        per_method_s = max(per_method_s or 0.0, seconds)
+        acc = 100 * evaluate(compressed, test)["accuracy"]
+        plan.results["test"] = {"base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc}
+        totals = plan.totals()
+        row = {"method": method, "base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc,
+               "param_ratio": plan.results["model_param_ratio"], "layer_param_ratio": totals["param_ratio"],
+               "flops_ratio": totals["flops_ratio"], "seconds": seconds,
+               "latency_ms": _latencies(compressed, cfg, device), "dense_latency_ms": dense_latency,
+               "methods": {l.name: f"{l.method}{l.ranks or ''}" for l in plan.layers}}
+        results["rows"].append(row)
+        results["plans"][method] = plan.to_dict()
+        log(f"{method}: {acc:.2f}% (drop {base_acc - acc:+.2f}), params {row['param_ratio']:.2f}x, "
+            f"FLOPs {row['flops_ratio']:.2f}x, {seconds:.0f} s")
+    results["wall_seconds"] = time.perf_counter() - t_start
+    return results
+
+
+def _latencies(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
+    """{"b1": ms, "b256": ms, ...} on ``cfg.latency_device`` (``"same"`` = the experiment's device)."""
+    from ..report.latency import forward_latency_ms
+
+    dev = device if cfg.latency_device == "same" else torch.device(cfg.latency_device)
+    m = copy.deepcopy(model).to(dev)
+    return {f"b{b}": forward_latency_ms(m, b, device=dev, channels_last=dev.type == "cuda",
+                                        repeats=20 if b == 1 else 10) for b in cfg.latency_batches}
+
+
+def results_markdown(results: dict[str, Any], title: str) -> str:
+    """A Markdown table of the results (one row per method)."""
+    from .table import format_table
+
+    m = results["machine"]
+    base = results["baseline"]
+    lat_keys = list(base.get("latency_ms", {}))
+    header = ["method", "baseline acc (%)", "acc (%)", "drop", "param ratio", "FLOPs ratio"]
+    header += [f"latency {k} dense/compressed (ms)" for k in lat_keys] + ["time (s)"]
+    rows = []
+    for r in results["rows"]:
+        if r.get("skipped"):
+            rows.append([r["method"], "skipped: " + r["skipped"]] + [""] * (len(header) - 2))
+            continue
+        rows.append([r["method"], r["base_accuracy"], r["accuracy"], r["drop"], r["param_ratio"], r["flops_ratio"]]
+                    + [f"{r['dense_latency_ms'][k]:.2f} / {r['latency_ms'][k]:.2f}" for k in lat_keys]
+                    + [r["seconds"]])
+    cfg = results["config"]
+    lines = [f"# {title}", "", f"Machine: {m.get('gpu', m['cpu'])} (host {m['host']}, torch {m['torch']}, "
+             f"{m['torch_threads']} threads, device {m['device']}). Data: CIFAR-10 (JPEG q75 copy), test split.", "",
+             f"Model {cfg['model']} width {cfg['width']}, baseline {cfg['train_epochs']} epochs; every method "
+             f"fine-tuned {cfg['finetune_epochs']} epochs (KD from the baseline); max drop {cfg['max_drop']} "
+             f"points; latency on {cfg['latency_device']} with the fused ops. Total {results['wall_seconds']:.0f} s.",
+             "", format_table(header, rows, markdown=True), ""]
+    for r in results["rows"]:
+        if not r.get("skipped"):
+            lines.append(f"- {r['method']}: " + ", ".join(f"{k}={v}" for k, v in r["methods"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path, stem: str, title: str) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    with atomic_write(js, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    with atomic_write(md, "w") as f:
+        f.write(results_markdown(results, title))
+    return js, md

@@ -1,0 +1,170 @@
+"""The training loop: SGD + per-step schedule, label smoothing, optional distillation, bf16 autocast,
+atomic per-epoch checkpoints and exact resume. Works on CPU and CUDA, alone or under DDP."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..models.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint, unwrap_model
+from ..utils.progress import progress_bar
+from ..utils.seeding import get_rng_state, seed_everything, set_rng_state
+from .distributed import all_reduce_sum, barrier, is_main_process
+from .evaluate import autocast_context, evaluate, model_device
+from .losses import distillation_loss
+from .optim import SCHEDULES, make_optimizer, make_scheduler
+
+History = List[Dict[str, float]]
+Loader = Iterable[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def train(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float, weight_decay: float = 5e-4,
+          momentum: float = 0.9, nesterov: bool = True, schedule: str = "onecycle", label_smoothing: float = 0.1,
+          teacher: Optional[nn.Module] = None, kd_alpha: float = 0.9, kd_temperature: float = 4.0,
+          amp: Optional[bool] = None, channels_last: bool = False, checkpoint_path: Optional[str] = None,
+          resume: bool = False, seed: int = 0, progress: bool = True, eval_loader: Optional[Loader] = None,
+          log_fn: Optional[Callable[[str], None]] = None, max_grad_norm: Optional[float] = None,
+          model_name: Optional[str] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> History:
+    """Train ``model`` in place and return one dict per epoch (losses, accuracies, lr, seconds).
+
+    ``train_loader`` must have ``len()``; if it has ``set_epoch`` (like :class:`mtd.data.TensorDataLoader`)
+    it is called each epoch so a resumed run sees the same batches. ``teacher`` switches on distillation
+    (``kd_alpha`` weight of the soft loss, ``kd_temperature``). ``amp=None`` means bf16 autocast on CUDA
+    and none on CPU. With ``checkpoint_path`` the model and the full training state are saved atomically
+    after every epoch (rank 0 only); ``resume=True`` continues from that file if it exists.
+    ``model`` may be DDP-wrapped; metrics are then summed over ranks.
+    """
+    _check_args(epochs, schedule, len(train_loader))
+    main = is_main_process()
+    if not main or (log_fn is None and not progress):
+        log_fn = _no_log  # only rank 0 talks
+    elif log_fn is None:
+        log_fn = progress_bar(enabled=False).write
+    seed_everything(seed)
+    net = unwrap_model(model)
+    device = model_device(net)
+    if channels_last and not _is_channels_last(net):
+        net.to(memory_format=torch.channels_last)  # under DDP, better done before wrapping (wrap_ddp does)
+    if teacher is not None:
+        teacher.eval()
+        if channels_last:
+            teacher.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(net, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    scheduler = make_scheduler(optimizer, schedule, epochs * len(train_loader))
+    history: History = []
+    start_epoch = 0
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        start_epoch, history = _restore(checkpoint_path, net, optimizer, scheduler, device, epochs, schedule, lr)
+        log_fn(f"resumed from {checkpoint_path} after epoch {start_epoch}/{epochs}")
+
+    for epoch in range(start_epoch, epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        started = time.perf_counter()
+        loss, accuracy = _train_one_epoch(
+            model, train_loader, optimizer, scheduler, device=device, teacher=teacher, kd_alpha=kd_alpha,
+            kd_temperature=kd_temperature, label_smoothing=label_smoothing, amp=amp,
+            channels_last=channels_last, max_grad_norm=max_grad_norm,
+            bar_desc=f"epoch {epoch + 1}/{epochs}", progress=progress and main)
+        record = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        if eval_loader is not None:
+            metrics = evaluate(model, eval_loader, amp=amp, channels_last=channels_last)
+            record.update(eval_loss=metrics["loss"], eval_accuracy=metrics["accuracy"])
+        history.append(record)
+        log_fn(_format(record, epochs))
+        if checkpoint_path is not None:
+            if main:
+                _save(checkpoint_path, net, optimizer, scheduler, epoch + 1, history, epochs, schedule, lr,
+                      model_name, model_kwargs)
+            barrier()  # no rank runs ahead of a checkpoint that it might resume from
+    return history
+
+
+def _is_channels_last(net: nn.Module) -> bool:
+    weights = [p for p in net.parameters() if p.ndim == 4]
+    return all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+
+
+def _no_log(message: str) -> None:
+    pass
+
+
+def _check_args(epochs: int, schedule: str, steps_per_epoch: int) -> None:
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if steps_per_epoch < 1:
+        raise ValueError("the training loader yields no batches (is batch_size larger than the data with "
+                         "drop_last=True?)")
+
+
+def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd_alpha, kd_temperature,
+                     label_smoothing, amp, channels_last, max_grad_norm, bar_desc, progress) -> Tuple[float, float]:
+    model.train()
+    # Sums stay on the device: no host sync per step.
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
+    for images, labels in progress_bar(loader, total=len(loader), desc=bar_desc, enabled=progress, unit="batch"):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, amp):
+            logits = model(images)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+        loss = distillation_loss(logits, labels, teacher_logits, alpha=kd_alpha, temperature=kd_temperature,
+                                 label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            totals[0] += loss.detach() * labels.numel()
+            totals[1] += (logits.argmax(1) == labels).sum()
+            totals[2] += labels.numel()
+    all_reduce_sum(totals)
+    loss_sum, correct, samples = totals.tolist()
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"training loss became {loss_sum}; lower the learning rate")
+    return loss_sum / samples, correct / samples
+
+
+def _format(record: Dict[str, float], epochs: int) -> str:
+    text = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  "
+            f"acc {100 * record['train_accuracy']:.2f}%  lr {record['lr']:.4g}  {record['seconds']:.1f}s")
+    if "eval_accuracy" in record:
+        text += f"  eval loss {record['eval_loss']:.4f}  eval acc {100 * record['eval_accuracy']:.2f}%"
+    return text
+
+
+def _save(path, net, optimizer, scheduler, epochs_done, history, epochs, schedule, lr, model_name, model_kwargs):
+    state = {"epoch": epochs_done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": get_rng_state(), "history": history,
+             "config": {"epochs": epochs, "schedule": schedule, "lr": lr}}
+    save_checkpoint(path, net, model_name=model_name, model_kwargs=model_kwargs, extra={"train_state": state})
+
+
+def _restore(path, net, optimizer, scheduler, device, epochs, schedule, lr) -> Tuple[int, History]:
+    payload = load_checkpoint(path, map_location=device)
+    state = payload.get("extra", {}).get("train_state")
+    if state is None:
+        raise ValueError(f"{path!r} holds weights only, not a training state to resume from")
+    config = state["config"]
+    if (config["epochs"], config["schedule"], config["lr"]) != (epochs, schedule, lr):
+        raise ValueError(f"cannot resume from {path!r}: it was trained with epochs={config['epochs']}, "
+                         f"schedule={config['schedule']!r}, lr={config['lr']}; this call uses epochs={epochs}, "
+                         f"schedule={schedule!r}, lr={lr}")
+    load_state_dict_checked(net, payload["state_dict"], source=f"checkpoint {path!r}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]), list(state["history"])

@@ -1,0 +1,215 @@
+"""Decompositions: exact recovery, reported errors, balancing, warm starts, restarts and bad input."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mtd.decompose import (CP4Factors, CPDecompositionError, CPFactors, cp4_decompose_conv, cp_decompose_conv,
+                           max_cp_rank, max_tucker_ranks, svd_decompose, tucker2_decompose_conv)
+from mtd.decompose import cp_als as cp_als_module
+
+
+def cp3_kernel(rng, t, s, kh, kw, rank):
+    a, b, c = rng.standard_normal((t, rank)), rng.standard_normal((s, rank)), rng.standard_normal((kh * kw, rank))
+    return np.einsum("tr,sr,kr->tsk", a, b, c).reshape(t, s, kh, kw)
+
+
+def cp4_kernel(rng, t, s, kh, kw, rank):
+    fs = [rng.standard_normal((n, rank)) for n in (t, s, kh, kw)]
+    return np.einsum("tr,sr,ir,jr->tsij", *fs)
+
+
+def tucker_kernel(rng, t, s, kh, kw, r1, r2):
+    core = rng.standard_normal((r2, r1, kh, kw))
+    return np.einsum("baij,tb,sa->tsij", core, rng.standard_normal((t, r2)), rng.standard_normal((s, r1)))
+
+
+def cp3_rebuild(f: CPFactors) -> np.ndarray:
+    return torch.einsum("tr,rij,rs->tsij", f.last[:, :, 0, 0], f.depthwise[:, 0], f.first[:, :, 0, 0]).numpy()
+
+
+def cp4_rebuild(f: CP4Factors) -> np.ndarray:
+    return torch.einsum("tr,ri,rj,rs->tsij", f.last[:, :, 0, 0], f.vertical[:, 0, :, 0],
+                        f.horizontal[:, 0, 0, :], f.first[:, :, 0, 0]).numpy()
+
+
+def tucker_rebuild(f) -> np.ndarray:
+    return torch.einsum("tb,baij,as->tsij", f.last[:, :, 0, 0], f.core, f.first[:, :, 0, 0]).numpy()
+
+
+def rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+@pytest.mark.parametrize("s,t", [(17, 17), (64, 64), (17, 64)])
+def test_cp3_recovers_exact_rank(rng, s, t):
+    w = cp3_kernel(rng, t, s, 3, 3, 5)
+    f = cp_decompose_conv(torch.from_numpy(w), 5)
+    assert f.first.shape == (5, s, 1, 1) and f.depthwise.shape == (5, 1, 3, 3) and f.last.shape == (t, 5, 1, 1)
+    assert rel(w, cp3_rebuild(f)) < 1e-4
+    assert f.rel_error < 1e-4
+
+
+@pytest.mark.parametrize("s,t,kh,kw", [(17, 17, 3, 3), (64, 64, 3, 3), (17, 64, 5, 5), (17, 64, 3, 1)])
+def test_cp4_recovers_exact_rank(rng, s, t, kh, kw):
+    w = cp4_kernel(rng, t, s, kh, kw, 5)
+    f = cp4_decompose_conv(w, 5)
+    assert f.vertical.shape == (5, 1, kh, 1) and f.horizontal.shape == (5, 1, 1, kw)
+    assert rel(w, cp4_rebuild(f)) < 1e-4
+    assert f.rel_error < 1e-4
+
+
+@pytest.mark.parametrize("s,t,r1,r2", [(17, 17, 3, 5), (64, 64, 5, 3), (17, 64, 17, 64)])
+def test_tucker2_recovers_exact_ranks(rng, s, t, r1, r2):
+    w = tucker_kernel(rng, t, s, 3, 3, r1, r2)
+    f = tucker2_decompose_conv(torch.from_numpy(w), (r1, r2))
+    assert f.first.shape == (r1, s, 1, 1) and f.core.shape == (r2, r1, 3, 3) and f.last.shape == (t, r2, 1, 1)
+    assert f.ranks == (r1, r2)
+    assert rel(w, tucker_rebuild(f)) < 1e-4 and f.rel_error < 1e-4
+
+
+def test_reported_errors_match_independent_reconstruction(rng):
+    w = rng.standard_normal((12, 10, 3, 3))
+    cp = cp_decompose_conv(w, 6)
+    cp4 = cp4_decompose_conv(w, 6)
+    tk = tucker2_decompose_conv(w, (4, 5))
+    for f, rebuilt in ((cp, cp3_rebuild(cp)), (cp4, cp4_rebuild(cp4)), (tk, tucker_rebuild(tk))):
+        assert 0.05 < f.rel_error < 1.0
+        assert f.rel_error == pytest.approx(rel(w, rebuilt), rel=1e-9)
+
+
+def test_tucker_error_matches_truncated_hosvd_bound(rng):
+    # For ranks (S, r2) only the output mode is truncated: the optimum is the truncated SVD of W_(0).
+    w = rng.standard_normal((9, 6, 3, 3))
+    f = tucker2_decompose_conv(w, (6, 4))
+    sv = np.linalg.svd(w.reshape(9, -1), compute_uv=False)
+    assert f.rel_error == pytest.approx(np.linalg.norm(sv[4:]) / np.linalg.norm(sv), rel=1e-8)
+
+
+def test_svd_exact_and_optimal(rng):
+    low = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 30))
+    f = svd_decompose(torch.from_numpy(low), 3)
+    assert f.first.shape == (3, 30) and f.last.shape == (20, 3)
+    assert rel(low, (f.last @ f.first).numpy()) < 1e-10 and f.rel_error < 1e-10
+    m = rng.standard_normal((20, 30))
+    g = svd_decompose(m[:, :, None, None], 7)  # a 1x1 conv weight works too
+    sv = np.linalg.svd(m, compute_uv=False)
+    expected = np.linalg.norm(sv[7:]) / np.linalg.norm(sv)
+    assert g.rel_error == pytest.approx(expected, rel=1e-10)
+    assert rel(m, (g.last @ g.first).numpy()) == pytest.approx(expected, rel=1e-8)
+    # balanced: both sides carry the same norm per component
+    np.testing.assert_allclose(g.first.norm(dim=1), g.last.norm(dim=0), rtol=1e-10)
+
+
+def test_cp_factor_norms_are_balanced(rng):
+    w = rng.standard_normal((8, 7, 3, 3)) * 50.0
+    f = cp_decompose_conv(w, 4)
+    n_first = f.first.reshape(4, -1).norm(dim=1)
+    n_dw = f.depthwise.reshape(4, -1).norm(dim=1)
+    n_last = f.last.reshape(-1, 4).norm(dim=0)
+    np.testing.assert_allclose(n_first, n_dw, rtol=1e-10)
+    np.testing.assert_allclose(n_first, n_last, rtol=1e-10)
+    g = cp4_decompose_conv(w, 4)
+    norms = [g.first.reshape(4, -1).norm(dim=1), g.vertical.reshape(4, -1).norm(dim=1),
+             g.horizontal.reshape(4, -1).norm(dim=1), g.last.reshape(-1, 4).norm(dim=0)]
+    for n in norms[1:]:
+        np.testing.assert_allclose(norms[0], n, rtol=1e-10)
+
+
+def test_rank_above_kernel_mode_size_uses_svd_init_without_warnings(rng):
+    w = cp3_kernel(rng, 17, 17, 3, 3, 12)  # rank 12 > kh*kw = 9 and > kh = 3 for CP4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f = cp_decompose_conv(w, 12, n_iter_max=300, tol=1e-10)
+        g = cp4_decompose_conv(cp4_kernel(rng, 17, 17, 3, 3, 5), 7)
+    assert f.rel_error < 1e-3
+    assert np.isfinite(g.rel_error) and g.rel_error < 1e-3
+
+
+def test_seeded_and_deterministic(rng):
+    w = rng.standard_normal((10, 9, 3, 3))
+    a = cp_decompose_conv(w, 5, init="random", seed=3)
+    b = cp_decompose_conv(w, 5, init="random", seed=3)
+    assert torch.equal(a.first, b.first) and a.rel_error == b.rel_error
+
+
+def test_warm_start_from_higher_and_lower_rank(rng):
+    w = rng.standard_normal((24, 20, 3, 3))
+    high = cp_decompose_conv(w, 12)
+    cold = cp_decompose_conv(w, 8)
+    warm = cp_decompose_conv(w, 8, init=high)
+    assert warm.rank == 8
+    assert warm.rel_error < cold.rel_error * 1.05  # as good as a cold start (ALS local optima differ)
+    # the warm start begins from the strongest components: one sweep is already far better than random
+    one_sweep = cp_decompose_conv(w, 8, init=high, n_iter_max=1)
+    random_sweep = cp_decompose_conv(w, 8, init="random", n_iter_max=1)
+    assert one_sweep.rel_error < random_sweep.rel_error
+    grown = cp_decompose_conv(w, 14, init=cold)  # padding a lower-rank solution
+    assert grown.rank == 14 and grown.rel_error < cold.rel_error
+    high4 = cp4_decompose_conv(w, 10)
+    assert cp4_decompose_conv(w, 6, init=high4).rank == 6
+    with pytest.raises(TypeError, match="CP4Factors"):
+        cp_decompose_conv(w, 6, init=high4)
+    with pytest.raises(ValueError, match="init factors"):
+        cp_decompose_conv(w, 6, init=[np.ones((24, 3)), np.ones((20, 3))])
+
+
+def test_restart_after_divergence(rng, monkeypatch):
+    w = rng.standard_normal((10, 9, 3, 3))
+    real_run = cp_als_module._als_run
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise cp_als_module._Diverged("NaN/Inf in the factors at sweep 3")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(cp_als_module, "_als_run", flaky)
+    f = cp_decompose_conv(w, 4)
+    assert len(calls) == 2 and np.isfinite(f.rel_error) and f.rel_error < 1.0
+
+
+def test_all_attempts_diverging_raise(rng):
+    w = rng.standard_normal((10, 9, 3, 3))
+    with pytest.raises(CPDecompositionError, match=r"failed in all 3 attempts.*diverging component norms"):
+        cp_decompose_conv(w, 4, max_norm_ratio=1e-6, n_restarts=2)
+
+
+def test_zero_kernel(rng):
+    f = cp_decompose_conv(np.zeros((4, 3, 3, 3)), 2)
+    assert f.rel_error == 0.0 and float(f.first.abs().sum()) == 0.0
+
+
+def test_max_ranks():
+    assert max_cp_rank((64, 64, 3, 3)) == (64 * 64 * 9) // (64 + 64 + 9)
+    assert max_cp_rank((64, 64, 3, 3), kind="cp4") == (64 * 64 * 9) // (64 + 64 + 3 + 3)
+    assert max_cp_rank((3, 3, 1, 1)) == 1  # never below 1
+    assert max_cp_rank(torch.nn.Conv2d(17, 5, (1, 3))) == (5 * 17 * 3) // (5 + 17 + 3)
+    assert max_tucker_ranks(torch.nn.Conv2d(17, 5, 3)) == (17, 5)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        max_cp_rank((4, 4, 3, 3), kind="cp5")
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda w: cp_decompose_conv(w, 0), ValueError, "CP rank must be >= 1"),
+    (lambda w: cp_decompose_conv(w, 2.0), TypeError, "CP rank must be an int"),
+    (lambda w: cp_decompose_conv(w, max_cp_rank(w.shape) + 1), ValueError, r"too large.*allowed 1\.\."),
+    (lambda w: cp4_decompose_conv(w, -3), ValueError, "CP rank must be >= 1"),
+    (lambda w: cp4_decompose_conv(w, max_cp_rank(w.shape, "cp4") + 1), ValueError, "too large"),
+    (lambda w: tucker2_decompose_conv(w, (7, 2)), ValueError, r"r1 must be <= in_channels=6"),
+    (lambda w: tucker2_decompose_conv(w, (2, 9)), ValueError, r"r2 <= out_channels=8"),
+    (lambda w: tucker2_decompose_conv(w, (0, 2)), ValueError, "r1 must be >= 1"),
+    (lambda w: tucker2_decompose_conv(w, (1, 2, 3)), ValueError, "pair"),
+    (lambda w: svd_decompose(w[:, :, 0, 0], 7), ValueError, r"SVD rank 7 is too large"),
+    (lambda w: svd_decompose(w, 2), ValueError, "1x1 conv weight"),
+    (lambda w: cp_decompose_conv(w[0], 2), ValueError, "4-D conv weight"),
+    (lambda w: cp_decompose_conv(w, 2, init="hosvd"), ValueError, "init must be"),
+    (lambda w: cp_decompose_conv(w * float("nan"), 2), ValueError, "NaN or Inf"),
+    (lambda w: cp_decompose_conv(torch.nn.Conv2d(6, 8, 3, groups=2), 2), ValueError, "groups=2"),
+])
+def test_bad_input(call, exc, match):
+    w = torch.randn(8, 6, 3, 3)
+    with pytest.raises(exc, match=match):
+        call(w)

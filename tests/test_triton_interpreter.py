@@ -1,0 +1,248 @@
+"""The fused Triton kernels, run on CPU tensors by Triton's interpreter (TRITON_INTERPRET=1).
+
+Triton must see TRITON_INTERPRET=1 before it is first imported (its own ``tl.zeros`` & co. are
+decorated then), which a pytest session that already imported it cannot undo.  So a normal run
+executes one test, ``test_kernels_in_interpreter_subprocess``, which reruns this file in a fresh
+``TRITON_INTERPRET=1`` process where the real tests run (and are skipped in the parent).  Run them
+directly with ``TRITON_INTERPRET=1 pytest tests/test_triton_interpreter.py``.
+
+The interpreter costs tens of ms per program, hence tiny shapes.  It does not check GPU-only rules
+(dot sizes, power-of-two blocks, out-of-bounds accesses), so the masks are checked here by writing
+into a NaN-poisoned buffer.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from mtd_kernels import dispatch  # noqa: E402
+from mtd_kernels import reference  # noqa: E402
+
+
+def _interpreter_active() -> bool:
+    """True when this process imported Triton in interpreter mode (env set before the import)."""
+    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
+        return False
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.zeros, InterpretedFunction)
+
+
+IN_INTERPRETER = _interpreter_active()
+interpreted = pytest.mark.skipif(
+    not IN_INTERPRETER, reason="runs in the TRITON_INTERPRET=1 subprocess of test_kernels_in_interpreter_subprocess"
+)
+
+# max |err| <= TOL * max|ref| + TOL * |ref|, against a float64 reference on the same (rounded) inputs
+TOLERANCE = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@pytest.mark.skipif(IN_INTERPRETER, reason="already inside the interpreter process")
+def test_kernels_in_interpreter_subprocess():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve())],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary, proc.stdout[-2000:]
+
+
+def _purge_triton_modules() -> None:
+    for name in [m for m in sys.modules if m == "mtd_kernels.triton" or m.startswith("mtd_kernels.triton.")]:
+        del sys.modules[name]
+    import mtd_kernels
+
+    if "triton" in vars(mtd_kernels):
+        delattr(mtd_kernels, "triton")
+
+
+@pytest.fixture(scope="module")
+def tk():
+    """``mtd_kernels.triton``, its kernels decorated in interpreter mode."""
+    return importlib.import_module("mtd_kernels.triton")
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    s: int
+    hw: Tuple[int, int]
+    r: int
+    t: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    dilation: Tuple[int, int] = (1, 1)
+    layout: str = "nchw"  # nchw | channels_last | strided (a non-contiguous view)
+    bias: bool = True
+    relu: bool = False
+
+
+# Awkward on purpose: odd channels (3, 17 > one 16-block), ranks 1/5/17, stride 2, padding 0/2,
+# dilation 2, kernels 1x1/3x3/5x5/1x3, batch 1 and 3, pixel counts that are not multiples of 16.
+CASES = [
+    Case(1, 3, (5, 5), 1, 17, (3, 3), padding=(1, 1), relu=True),
+    Case(3, 17, (7, 6), 5, 3, (3, 3), stride=(2, 2), dilation=(2, 2), layout="channels_last", bias=False),
+    Case(1, 17, (4, 3), 17, 5, (5, 5), padding=(2, 2), relu=True),
+    Case(1, 3, (4, 5), 5, 17, (1, 1), stride=(2, 2), layout="channels_last"),
+    Case(3, 5, (3, 7), 5, 5, (1, 3), stride=(1, 2), padding=(0, 2), dilation=(1, 2), layout="strided",
+         relu=True),
+]
+LOW_PRECISION_CASES = CASES[:2]
+OPS = ("cp_conv2d", "cp4_conv2d", "tucker_conv2d")
+
+
+def _factor_shapes(op: str, c: Case):
+    kh, kw = c.kernel
+    if op == "cp_conv2d":
+        return [(c.r, c.s, 1, 1), (c.r, 1, kh, kw), (c.t, c.r, 1, 1)]
+    if op == "cp4_conv2d":
+        return [(c.r, c.s, 1, 1), (c.r, 1, kh, 1), (c.r, 1, 1, kw), (c.t, c.r, 1, 1)]
+    r2 = c.r + 2  # R1 != R2 catches swapped core indices
+    return [(c.r, c.s, 1, 1), (r2, c.r, kh, kw), (c.t, r2, 1, 1)]
+
+
+def _make_inputs(op: str, c: Case, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if c.layout == "strided":  # every other column of a wider tensor: no contiguous layout at all
+        x = torch.randn(c.n, c.s, c.hw[0], 2 * c.hw[1], generator=g)[..., ::2]
+    else:
+        x = torch.randn(c.n, c.s, *c.hw, generator=g)
+        if c.layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    weights = [torch.randn(*shape, generator=g) / shape[1] ** 0.5 for shape in _factor_shapes(op, c)]
+    bias = torch.randn(c.t, generator=g) if c.bias else None
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(x), [cast(w) for w in weights], cast(bias)
+
+
+def _reference(op: str, x, weights, bias, c: Case) -> torch.Tensor:
+    as64 = lambda t: None if t is None else t.double()  # noqa: E731
+    return getattr(reference, f"{op}_ref")(as64(x), *[as64(w) for w in weights], as64(bias),
+                                           c.stride, c.padding, c.dilation, c.relu)
+
+
+def _assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all(), "the kernel left unwritten (NaN/garbage) or non-finite outputs"
+    err = (out.double() - ref).abs()
+    bound = tol * ref.abs().max().clamp_min(1.0) + tol * ref.abs()
+    worst = (err - bound).max().item()
+    assert worst <= 0, f"max abs error {err.max().item():.3e} exceeds tolerance {tol:g} (by {worst:.3e})"
+
+
+def _expected_layout_ok(x: torch.Tensor, out: torch.Tensor) -> bool:
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@interpreted
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.kernel[0]}x{c.kernel[1]}-{c.layout}")
+def test_float32_matches_reference(tk, op, case):
+    x, weights, bias = _make_inputs(op, case, torch.float32)
+    out = getattr(tk, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu,
+                          allow_tf32=False)
+    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE["float32"])
+    assert _expected_layout_ok(x, out)
+
+
+@interpreted
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: f"{c.kernel[0]}x{c.kernel[1]}-{c.layout}")
+def test_low_precision_matches_float64_reference(tk, op, dtype, case):
+    x, weights, bias = _make_inputs(op, case, DTYPES[dtype], seed=1)
+    out = getattr(tk, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu)
+    assert out.dtype == DTYPES[dtype]
+    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE[dtype])
+
+
+@interpreted
+def test_tf32_path_runs(tk):
+    case = CASES[0]
+    x, weights, bias = _make_inputs("cp_conv2d", case, torch.float32, seed=2)
+    out = tk.cp_conv2d(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu, allow_tf32=True)
+    _assert_close(out, _reference("cp_conv2d", x, weights, bias, case), TOLERANCE["tf32"])
+
+
+@interpreted
+@pytest.mark.parametrize("op", OPS)
+def test_masks_write_every_output_and_nothing_else(tk, op):
+    """Write into a strided view of a NaN buffer: all of the view must be set, none of the rest."""
+    case = Case(3, 17, (5, 6), 5, 17, (3, 3), stride=(2, 1), padding=(2, 1), relu=True)
+    x, weights, bias = _make_inputs(op, case, torch.float32, seed=3)
+    ref = _reference(op, x, weights, bias, case)
+    n, t, ho, wo = ref.shape
+    buffer = torch.full((n + 1, t + 3, ho + 2, wo + 5), float("nan"))
+    out = buffer[1:, 2 : t + 2, 1 : ho + 1, 3 : wo + 3]
+    result = getattr(tk, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu,
+                             allow_tf32=False, out=out)
+    assert result.data_ptr() == out.data_ptr()
+    _assert_close(out, ref, TOLERANCE["float32"])
+    outside = torch.ones_like(buffer, dtype=torch.bool)
+    outside[1:, 2 : t + 2, 1 : ho + 1, 3 : wo + 3] = False
+    assert torch.isnan(buffer[outside]).all(), "the kernel wrote outside its output"
+
+
+@interpreted
+def test_bad_inputs_raise_clear_errors(tk, monkeypatch):
+    x, weights, bias = _make_inputs("cp_conv2d", CASES[0], torch.float32)
+    with pytest.raises(TypeError, match="float64"):
+        tk.cp_conv2d(x.double(), *[w.double() for w in weights], None, 1, 1, 1, False)
+    with pytest.raises(ValueError, match="out must have shape"):
+        tk.cp_conv2d(x, *weights, bias, 1, 1, 1, False, out=torch.empty(1))
+    with pytest.raises(ValueError, match="factor shapes do not chain"):
+        tk.cp_conv2d(x, weights[0], weights[1][:0], weights[2], bias, 1, 1, 1, False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        tk.cp_conv2d(x, *weights, bias, 1, 1, 1, False)
+
+
+@interpreted
+def test_import_never_queries_the_gpu(tk, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("mtd_kernels.triton queried CUDA at import time")
+
+    monkeypatch.setattr(torch.cuda, "is_available", forbidden)
+    monkeypatch.setattr(torch.cuda, "device_count", forbidden)
+    _purge_triton_modules()
+    fresh = importlib.import_module("mtd_kernels.triton")
+    assert fresh.AVAILABLE  # lazy: the interpreter counts as available, without asking CUDA
+
+
+@interpreted
+def test_dispatch_runs_triton_and_falls_back_for_float64(tk, monkeypatch):
+    monkeypatch.setattr(dispatch, "_cuda_kernel", lambda op: None)  # no CUDA extension on this path
+    case = CASES[0]
+    x, weights, bias = _make_inputs("cp_conv2d", case, torch.float32, seed=4)
+    args = (bias, list(case.stride), list(case.padding), list(case.dilation), case.relu)
+    try:
+        for backend in ("triton", "auto"):
+            dispatch.set_cuda_backend(backend)
+            kernel = dispatch.cuda_kernel("cp_conv2d")
+            assert kernel is not None
+            _assert_close(kernel(x, *weights, *args), _reference("cp_conv2d", x, weights, bias, case), 1e-4)
+        as64 = [w.double() for w in weights]
+        out64 = kernel(x.double(), *as64, bias.double(), *args[1:])  # Triton has no fp64: the chain runs
+        assert out64.dtype == torch.float64
+        _assert_close(out64, _reference("cp_conv2d", x, weights, bias, case), 1e-12)
+        dispatch.set_cuda_backend("torch")
+        assert dispatch.cuda_kernel("cp_conv2d") is None
+    finally:
+        dispatch.set_cuda_backend(None)
