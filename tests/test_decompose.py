@@ -213,3 +213,13 @@ def test_bad_input(call, exc, match):
     w = torch.randn(8, 6, 3, 3)
     with pytest.raises(exc, match=match):
         call(w)
+
+
+def test_cp_of_1x1_kernel_is_the_optimal_truncated_svd(rng):
+    m = rng.standard_normal((12, 9))
+    sv = np.linalg.svd(m, compute_uv=False)
+    optimum = np.linalg.norm(sv[4:]) / np.linalg.norm(sv)
+    for f, rebuilt in ((cp_decompose_conv(m[:, :, None, None], 4), cp3_rebuild),
+                       (cp4_decompose_conv(m[:, :, None, None], 4), cp4_rebuild)):
+        assert f.rel_error == pytest.approx(optimum, rel=1e-10)
+        assert rel(m[:, :, None, None], rebuilt(f)) == pytest.approx(optimum, rel=1e-10)

@@ -92,9 +92,7 @@ def test_layer_matches_dense_and_reference(cfg, kind, backend):
     expected_err = float((w - rebuilt_weight(kind, layer).detach().double()).norm() / w.norm())
     assert layer.rel_error == pytest.approx(expected_err, rel=1e-3 if dtype == torch.float32 else 1e-8, abs=1e-6)
     # MACs: sum over the factor convs, counted independently
-    macs = sum(conv_flops(m, hw) for m in [layer.first]) + sum(
-        _chain_macs(layer, hw)
-    )
+    macs = conv_flops(layer.first, hw) + sum(_chain_macs(layer, hw))
     assert layer.flops(hw) == macs
     assert layer.num_parameters() == num_parameters(layer)
 
@@ -243,6 +241,9 @@ def test_fold_batchnorm(bias):
         fold_batchnorm(conv, nn.BatchNorm2d(6, track_running_stats=False))
     with pytest.raises(TypeError, match="use fold_batchnorm for nn.Conv2d"):
         fold_batchnorm_into(conv, bn)
+    fused_relu = CPConv2d.from_conv(conv, 2, relu=True)
+    with pytest.raises(ValueError, match="relu=True"):
+        fold_batchnorm_into(fused_relu, bn)
 
 
 def _model():

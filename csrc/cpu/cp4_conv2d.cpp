@@ -1,7 +1,7 @@
 // Fused CP4 conv on CPU: 1x1 (R,S) -> depthwise kh x 1 -> depthwise 1 x kw -> 1x1 (T,R) + bias [ReLU].
 // Same pipeline as cp_conv2d; the middle stage is the vertical stencil into a (rows_out, W, R) buffer
 // followed by the horizontal stencil into V, both vectorised over R and cache-resident.
-#include "cpu/fused_common.h"
+#include "cpu/fused_pipeline.h"
 #include "ops.h"
 
 namespace mtd {

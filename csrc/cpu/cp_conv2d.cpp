@@ -1,7 +1,7 @@
 // Fused CP3 conv on CPU: 1x1 (R,S) -> depthwise kh x kw (R) -> 1x1 (T,R) + bias [ReLU], one pass.
 // Per task (image, chunk of output rows): U = first 1x1 of the rows the chunk reads (one GEMM),
 // V = depthwise of U vectorised over R, output tile = last 1x1 of V (one GEMM) + bias/ReLU in cache.
-#include "cpu/fused_common.h"
+#include "cpu/fused_pipeline.h"
 #include "ops.h"
 
 namespace mtd {

@@ -1,5 +1,6 @@
 // Argument checks, tiling plan and the raw-pointer GEMM shared by the fused CPU kernels.
 #include "cpu/fused_common.h"
+#include "cpu/fused_pipeline.h"
 
 #include <dlfcn.h>
 
@@ -161,7 +162,8 @@ bool fits_int(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t
 // Column-major (rows, cols) matrix with leading dimension ld, as a strided tensor view.
 template <typename T>
 at::Tensor cm_view(const T* p, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(const_cast<T*>(p), {rows, cols}, {1, ld}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {1, ld}, options);
 }
 
 template <typename T>

@@ -3,7 +3,7 @@
 // tap is a contiguous copy of R1 values) and one GEMM with the core, all in the task's L2 scratch.
 #include <cstring>
 
-#include "cpu/fused_common.h"
+#include "cpu/fused_pipeline.h"
 #include "ops.h"
 
 namespace mtd {

@@ -2,7 +2,7 @@
 + bias [ReLU].
 
 The vertical filter carries the H part of stride/padding/dilation, the horizontal one the W part;
-both depthwise stages run on the program's registers (vertical sum per column tap, then horizontal).
+both depthwise stages run in the program's registers as one kh x kw sum of products of their taps.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import triton.language as tl
 from ..ops.cp4_conv2d import build_stages, check
 from ._common import (check_launch, device_guard, dot_precision, first_pointwise_at, geometry,
                       last_pointwise, make_configs, make_pruner, output_pixels, prepare_output,
-                      store_output, stride_args)
+                      store_output, stride_args, tile_ids)
 
 
 @triton.autotune(
@@ -34,28 +34,30 @@ def _cp4_conv2d_kernel(
     DOT_PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    n, ho, wo, pix_ok = output_pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    pid_p, pid_t = tile_ids(T, BLOCK_T)
+    n, ho, wo, pix_ok = output_pixels(pid_p, P, HO, WO, BLOCK_P)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < T
     x_batch_off = n.to(tl.int64) * stride_xn
     acc = tl.zeros((BLOCK_P, BLOCK_T), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         r_ok = r < R
-        z = tl.zeros((BLOCK_P, BLOCK_R), dtype=tl.float32)  # horizontal output of these pixels
-        # Runtime loops over the taps (not unrolled): one tap's offsets live at a time.
-        for j in range(0, KW):
+        z = tl.zeros((BLOCK_P, BLOCK_R), dtype=tl.float32)  # output of both depthwise stages
+        # A runtime loop over the kh x kw taps (not unrolled): one tap's offsets live at a time.  Tap
+        # (i, j) reads the first stage at (hi, wi) and weighs it by w_vertical[r, i] * w_horizontal[r, j],
+        # which is the vertical-then-horizontal pair of depthwise convs (both zero-padded) in one sum.
+        for tap in range(0, KH * KW):
+            i = tap // KW
+            j = tap % KW
+            hi = ho * STRIDE_H - PAD_H + i * DIL_H
             wi = wo * STRIDE_W - PAD_W + j * DIL_W
-            z_vert = tl.zeros((BLOCK_P, BLOCK_R), dtype=tl.float32)  # vertical output at column wi
-            for i in range(0, KH):
-                hi = ho * STRIDE_H - PAD_H + i * DIL_H
-                y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r, r_ok, S, H, W,
-                                       stride_xc, stride_xh, stride_xw,
-                                       BLOCK_P, BLOCK_S, BLOCK_R, DOT_PRECISION)
-                tap_v = tl.load(w_vert_ptr + r * KH + i, mask=r_ok, other=0.0)  # (BLOCK_R,)
-                z_vert += y * tap_v.to(tl.float32)[None, :]
-            tap_h = tl.load(w_horiz_ptr + r * KW + j, mask=r_ok, other=0.0)  # (BLOCK_R,)
-            z += z_vert * tap_h.to(tl.float32)[None, :]
+            y = first_pointwise_at(x_ptr, w_first_ptr, x_batch_off, hi, wi, pix_ok, r, r_ok, S, H, W,
+                                   stride_xc, stride_xh, stride_xw,
+                                   BLOCK_P, BLOCK_S, BLOCK_R, DOT_PRECISION)
+            w_v = tl.load(w_vert_ptr + r * KH + i, mask=r_ok, other=0.0).to(tl.float32)  # (BLOCK_R,)
+            w_h = tl.load(w_horiz_ptr + r * KW + j, mask=r_ok, other=0.0).to(tl.float32)  # (BLOCK_R,)
+            z += y * (w_v * w_h)[None, :]
         acc = last_pointwise(acc, z, w_last_ptr, r, r_ok, t, t_ok, R, DOT_PRECISION)
     store_output(acc, bias_ptr, out_ptr, n, ho, wo, pix_ok, t, t_ok,
                  stride_on, stride_oc, stride_oh, stride_ow, HAS_BIAS, RELU)
@@ -81,7 +83,7 @@ def cp4_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_vertical: torch.Tensor,
     t, r = w_last.shape[0], w_first.shape[0]
     kh, kw = w_vertical.shape[2], w_horizontal.shape[3]
     p = n * out.shape[2] * out.shape[3]
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(t, meta["BLOCK_T"]))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]) * triton.cdiv(t, meta["BLOCK_T"]),)  # noqa: E731
     with device_guard(x):
         _cp4_conv2d_kernel[grid](
             x, w_first.contiguous(), w_vertical.contiguous(), w_horizontal.contiguous(), w_last.contiguous(),

@@ -14,7 +14,7 @@ import triton.language as tl
 from ..ops.tucker_conv2d import build_stages, check
 from ._common import (check_launch, device_guard, dot_precision, first_pointwise_at, geometry,
                       last_pointwise, make_configs, make_pruner, mma, output_pixels,
-                      prepare_output, store_output, stride_args)
+                      prepare_output, store_output, stride_args, tile_ids)
 
 
 @triton.autotune(
@@ -35,8 +35,9 @@ def _tucker_conv2d_kernel(
     BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R1: tl.constexpr, BLOCK_R2: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
-    n, ho, wo, pix_ok = output_pixels(tl.program_id(0), P, HO, WO, BLOCK_P)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    pid_p, pid_t = tile_ids(T, BLOCK_T)
+    n, ho, wo, pix_ok = output_pixels(pid_p, P, HO, WO, BLOCK_P)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < T
     x_batch_off = n.to(tl.int64) * stride_xn
     acc = tl.zeros((BLOCK_P, BLOCK_T), dtype=tl.float32)
@@ -82,7 +83,7 @@ def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, 
     t, r2, r1 = w_last.shape[0], w_core.shape[0], w_core.shape[1]
     kh, kw = w_core.shape[2:]
     p = n * out.shape[2] * out.shape[3]
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(t, meta["BLOCK_T"]))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]) * triton.cdiv(t, meta["BLOCK_T"]),)  # noqa: E731
     with device_guard(x):
         _tucker_conv2d_kernel[grid](
             x, w_first.contiguous(), w_core.contiguous(), w_last.contiguous(),

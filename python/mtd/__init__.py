@@ -27,6 +27,10 @@ _EXPORTS = {
     "CP4Conv2d": "mtd.layers",
     "TuckerConv2d": "mtd.layers",
     "LowRankLinear": "mtd.layers",
+    "cp_decompose_conv": "mtd.decompose",
+    "cp4_decompose_conv": "mtd.decompose",
+    "tucker2_decompose_conv": "mtd.decompose",
+    "svd_decompose": "mtd.decompose",
     "load_cifar10": "mtd.data",
     "build_model": "mtd.models",
 }

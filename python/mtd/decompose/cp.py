@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ._weights import WeightLike, conv_kernel, rel_error, to_tensor
-from .cp_als import balanced_factors, cp_als, reconstruct
+from .cp_als import ALSResult, balanced_factors, cp_als, reconstruct
 from .factors import CP4Factors, CPFactors
 from .ranks import check_cp_rank
 
@@ -42,6 +42,16 @@ def _cp4_init(init: CPInit, shape) -> Union[str, list]:
     return init
 
 
+def _run_cp(tensor: np.ndarray, rank: int, init, **als_kwargs) -> ALSResult:
+    """CP-ALS, except for a 1x1 kernel whose CP is the truncated SVD of the (T, S) matrix (optimal, no ALS)."""
+    t, s = tensor.shape[:2]
+    if all(n == 1 for n in tensor.shape[2:]) and isinstance(init, str):
+        u, sv, vt = np.linalg.svd(tensor.reshape(t, s), full_matrices=False)
+        kernel_modes = [np.ones((1, rank)) for _ in tensor.shape[2:]]
+        return ALSResult([u[:, :rank], vt[:rank].T, *kernel_modes], sv[:rank], 0.0, 0)
+    return cp_als(tensor, rank, init=init, **als_kwargs)
+
+
 def cp_decompose_conv(weight: WeightLike, rank: int, *, n_iter_max: int = 100, init: CPInit = "svd",
                       tol: float = 1e-6, seed: int = 0, n_restarts: int = 3,
                       max_norm_ratio: float = 1e4) -> CPFactors:
@@ -56,7 +66,7 @@ def cp_decompose_conv(weight: WeightLike, rank: int, *, n_iter_max: int = 100, i
     rank = check_cp_rank(rank, w.shape, "cp3")
     t, s, kh, kw = w.shape
     tensor = w.reshape(t, s, kh * kw)
-    result = cp_als(tensor, rank, init=_cp3_init(init, w.shape), n_iter_max=n_iter_max, tol=tol, seed=seed,
+    result = _run_cp(tensor, rank, _cp3_init(init, w.shape), n_iter_max=n_iter_max, tol=tol, seed=seed,
                     n_restarts=n_restarts, max_norm_ratio=max_norm_ratio)
     a, b, c = balanced_factors(result)  # (T,R), (S,R), (kh*kw,R)
     return CPFactors(
@@ -75,7 +85,7 @@ def cp4_decompose_conv(weight: WeightLike, rank: int, *, n_iter_max: int = 100, 
     w = conv_kernel(weight)
     rank = check_cp_rank(rank, w.shape, "cp4")
     t, s, kh, kw = w.shape
-    result = cp_als(w, rank, init=_cp4_init(init, w.shape), n_iter_max=n_iter_max, tol=tol, seed=seed,
+    result = _run_cp(w, rank, _cp4_init(init, w.shape), n_iter_max=n_iter_max, tol=tol, seed=seed,
                     n_restarts=n_restarts, max_norm_ratio=max_norm_ratio)
     a, b, v, h = balanced_factors(result)  # (T,R), (S,R), (kh,R), (kw,R)
     return CP4Factors(

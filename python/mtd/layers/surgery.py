@@ -69,6 +69,8 @@ def fold_batchnorm_into(layer: DecomposedLayer, bn: nn.modules.batchnorm._BatchN
     if not isinstance(layer, (FactorizedConv2d, LowRankLinear)):
         raise TypeError(f"expected a decomposed layer (CPConv2d, CP4Conv2d, TuckerConv2d, LowRankLinear), "
                         f"got {type(layer).__name__}; use fold_batchnorm for nn.Conv2d")
+    if getattr(layer, "relu", False):
+        raise ValueError("cannot fold a BatchNorm into a layer with relu=True (the BN would come after the ReLU)")
     _fold_into(layer.last, bn)
     return layer
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Optional
 
@@ -259,8 +260,6 @@ def _make_plan(model, method, layers, chosen, options, seed, settings, budget, t
             warm_start=list(warm_chain(s.candidate, _candidate_list(options, name)))))
     budget = dict(budget, planning_drop=planning_drop if method == "mtd" else None,
                   layer_tolerance=tolerance if method == "thesis" else None)
-    import dataclasses
-
     return Plan(model_name=getattr(model, "mtd_model_name", None),
                 model_kwargs=dict(getattr(model, "mtd_model_kwargs", {}) or {}), method=method, layers=entries,
                 budget=budget, versions=current_versions(), decomposition=dataclasses.asdict(settings))
