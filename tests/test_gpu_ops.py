@@ -114,15 +114,38 @@ def _backend_available(name: str) -> bool:
     return mtd_kernels.cuda_extension_available()
 
 
+def _set_tf32(enabled: bool):
+    """Switch TF32 for matmuls and cuDNN convs; returns the function that restores the old setting.
+
+    Uses the legacy flags (which keep the ``fp32_precision`` API in step) unless this session already
+    uses the new API, where torch refuses legacy reads.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    except RuntimeError:
+        saved_new = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+
+        def restore_new() -> None:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved_new
+
+        return restore_new
+    matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+
+    def restore() -> None:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+    return restore
+
+
 @pytest.fixture(autouse=True)
 def _exact_fp32_and_fixed_config(monkeypatch):
     """fp32 means fp32 (no TF32 anywhere) and one config per shape, restored afterwards."""
     monkeypatch.setenv("MTD_TRITON_AUTOTUNE", "0")
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    restore = _set_tf32(False)
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    restore()
 
 
 @pytest.fixture(params=["triton", "cuda"])
@@ -165,12 +188,13 @@ def test_tf32_when_allowed(op):
         pytest.skip("triton is not available")
     case = CASES[5]
     x, weights, bias = _make_inputs(op, case, torch.float32, seed=2)
-    torch.backends.cuda.matmul.allow_tf32 = True  # the autouse fixture restores it
+    restore = _set_tf32(True)
     mtd_kernels.set_cuda_backend("triton")
     try:
         out = _run_op(op, x, weights, bias, case)
     finally:
         mtd_kernels.set_cuda_backend(None)
+        restore()
     _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE["tf32"])
 
 

@@ -197,14 +197,27 @@ def check_launch(op: str, x: torch.Tensor) -> None:
 
 
 def dot_precision(x: torch.Tensor, allow_tf32: Optional[bool]) -> str:
-    """``tl.dot`` input precision: only fp32 cares; tf32 follows torch's matmul flag unless given."""
+    """``tl.dot`` input precision: only fp32 cares; tf32 follows torch's matmul setting unless given."""
     if x.dtype == torch.bfloat16 and interpreting():
         return UPCAST_TO_FP32
     if x.dtype != torch.float32:
         return "tf32"  # ignored for 16-bit operands (the compiler's default value)
     if allow_tf32 is None:
-        allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+        allow_tf32 = torch_allows_tf32()
     return "tf32" if allow_tf32 else "ieee"
+
+
+def torch_allows_tf32() -> bool:
+    """torch's fp32 matmul setting: the ``fp32_precision`` API where set, else ``allow_tf32``."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    if precision != "none":
+        return precision == "tf32"
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:  # the legacy and new APIs were mixed: torch refuses the legacy read
+        return torch.get_float32_matmul_precision() != "highest"
 
 
 def geometry(stride, padding, dilation) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:

@@ -13,6 +13,8 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
+from .engines import DEFAULT_ENGINE, check_engine
+
 InitSpec = Union[str, Sequence[np.ndarray]]
 
 
@@ -185,7 +187,8 @@ def _als_run(mttkrp: _Mttkrp, norm_x: float, init: List[np.ndarray], n_iter_max:
 
 
 def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max: int = 100,
-           tol: float = 1e-6, seed: int = 0, n_restarts: int = 3, max_norm_ratio: float = 1e4) -> ALSResult:
+           tol: float = 1e-6, seed: int = 0, n_restarts: int = 3, max_norm_ratio: float = 1e4,
+           engine: str = DEFAULT_ENGINE) -> ALSResult:
     """CP of ``tensor`` at ``rank``; on NaN/Inf or diverging norms retry from seeded random inits.
 
     The first attempt that finishes without NaN/Inf or diverging component norms (largest norm above
@@ -193,7 +196,10 @@ def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max:
 
     ``init``: 'svd', 'random' or factor matrices (I_n, R0) of any rank R0 (warm start).
     ``tol``: stop when a sweep lowers the relative error by less than ``tol`` times itself.
+    ``engine``: "mtd" (the sweeps below) or "tensorly" (``tensorly.decomposition.parafac`` from the
+    same starts; with ``init='svd'`` and a rank no larger than any mode, tensorly's own SVD init).
     """
+    engine = check_engine(engine)
     tensor = np.asarray(tensor, dtype=np.float64)
     norm_x = float(np.linalg.norm(tensor))
     shape = tensor.shape
@@ -203,17 +209,29 @@ def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max:
     if isinstance(init, str):
         if init not in ("svd", "random"):
             raise ValueError(f"init must be 'svd', 'random' or a sequence of factors, got {init!r}")
-        first = svd_init(tensor, rank, rng) if init == "svd" else random_init(shape, rank, rng)
+        if init == "svd" and engine == "tensorly" and rank <= min(shape):
+            first = "svd"  # tensorly's own SVD init: it only warns (and fills randomly) above a mode's size
+        else:
+            first = svd_init(tensor, rank, rng) if init == "svd" else random_init(shape, rank, rng)
     else:
         first = adapt_init(init, shape, rank, rng)
-    mttkrp = _Mttkrp(tensor)
+    if engine == "tensorly":
+        from . import tensorly_engine  # imported late: it builds on this module
+
+        def attempt_run(start):
+            return tensorly_engine.parafac_run(tensor, norm_x, rank, start, n_iter_max, tol, max_norm_ratio, seed)
+    else:
+        mttkrp = _Mttkrp(tensor)
+
+        def attempt_run(start):
+            return _als_run(mttkrp, norm_x, start, n_iter_max, tol, max_norm_ratio)
     failures = []
     starts = [first] + [None] * n_restarts
     for attempt, start in enumerate(starts):
         if start is None:
             start = random_init(shape, rank, np.random.default_rng([seed, attempt]))
         try:
-            return _als_run(mttkrp, norm_x, start, n_iter_max, tol, max_norm_ratio)
+            return attempt_run(start)
         except _Diverged as exc:
             failures.append(f"attempt {attempt}: {exc}")
     raise CPDecompositionError(
