@@ -35,13 +35,17 @@ def machine_info() -> Dict[str, object]:
     }
 
 
-def median_ms(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median wall time of ``fn()`` in milliseconds (torch.utils.benchmark, blocked autorange)."""
+def time_ms(fn: Callable[[], object], min_run_time: float, stat: str = "median") -> float:
+    """Wall time of ``fn()`` in milliseconds (torch.utils.benchmark, blocked autorange).
+
+    ``stat="median"`` is the median over the timed blocks; ``"min"`` the fastest block, which is
+    the more stable figure on a machine shared with other busy processes.
+    """
     fn()  # warm-up (first-call allocations, oneDNN primitive creation)
     m = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_run_time
     )
-    return m.median * 1e3
+    return (m.median if stat == "median" else min(m.times)) * 1e3
 
 
 def geomean(values: Iterable[float]) -> float:

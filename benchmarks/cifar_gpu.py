@@ -51,7 +51,7 @@ def subsample(arrays, n_train: int, n_test: int, seed: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mtd.data import load_cifar10
-    from mtd.report.experiment import ExperimentConfig, run_experiment, write_results
+    from mtd.report.experiment import ExperimentConfig, run_experiment
 
     t0 = time.perf_counter()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         remaining = args.time_budget - (time.perf_counter() - t0)
         if args.smoke:
             cfg = ExperimentConfig(model=model, width=0.125, train_epochs=1, batch_size=64, methods=methods,
-                                   finetune_epochs=1, calib_size=64, holdout_size=64, max_rounds=1, grid="small",
+                                   finetune_epochs=1, calib_size=64, holdout_size=64, max_rounds=1, grid="tiny",
                                    cp_n_iter_max=10, latency_batches=(1,), latency_device="cpu", seed=args.seed)
             data = subsample(arrays, args.smoke_images, max(args.smoke_images // 3, 50), args.seed)
         else:

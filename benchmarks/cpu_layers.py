@@ -85,7 +85,8 @@ def chain(method: str, x, factors, bias):
 FUSED = {"cp": mtd_kernels.cp_conv2d, "cp4": mtd_kernels.cp4_conv2d, "tucker": mtd_kernels.tucker_conv2d}
 
 
-def bench_layer(idx: int, s: int, t: int, size: int, batch: int, methods: List[str], min_time: float) -> List[Dict]:
+def bench_layer(idx: int, s: int, t: int, size: int, batch: int, methods: List[str], min_time: float,
+                stat: str) -> List[Dict]:
     torch.manual_seed(idx)
     x = torch.randn(batch, s, size, size)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -93,8 +94,8 @@ def bench_layer(idx: int, s: int, t: int, size: int, batch: int, methods: List[s
     bias = torch.randn(t)
     dense_w_cl = dense_w.contiguous(memory_format=torch.channels_last)
     dense = {
-        "dense_nchw": bu.median_ms(lambda: F.relu(F.conv2d(x, dense_w, bias, padding=1)), min_time),
-        "dense_cl": bu.median_ms(lambda: F.relu(F.conv2d(x_cl, dense_w_cl, bias, padding=1)), min_time),
+        "dense_nchw": bu.time_ms(lambda: F.relu(F.conv2d(x, dense_w, bias, padding=1)), min_time, stat),
+        "dense_cl": bu.time_ms(lambda: F.relu(F.conv2d(x_cl, dense_w_cl, bias, padding=1)), min_time, stat),
     }
     rows = []
     for method in methods:
@@ -103,15 +104,15 @@ def bench_layer(idx: int, s: int, t: int, size: int, batch: int, methods: List[s
         fused = FUSED[method]
         err = (fused(x, *factors, bias, 1, 1, 1, True) - chain(method, x, factors, bias)).abs().max().item()
         times = {
-            "chain_nchw": bu.median_ms(lambda: chain(method, x, factors, bias), min_time),
-            "chain_cl": bu.median_ms(lambda: chain(method, x_cl, factors_cl, bias), min_time),
-            "fused_nchw": bu.median_ms(lambda: fused(x, *factors, bias, 1, 1, 1, True), min_time),
-            "fused_cl": bu.median_ms(lambda: fused(x_cl, *factors, bias, 1, 1, 1, True), min_time),
+            "chain_nchw": bu.time_ms(lambda: chain(method, x, factors, bias), min_time, stat),
+            "chain_cl": bu.time_ms(lambda: chain(method, x_cl, factors_cl, bias), min_time, stat),
+            "fused_nchw": bu.time_ms(lambda: fused(x, *factors, bias, 1, 1, 1, True), min_time, stat),
+            "fused_cl": bu.time_ms(lambda: fused(x_cl, *factors, bias, 1, 1, 1, True), min_time, stat),
         }
         best_chain = min(times["chain_nchw"], times["chain_cl"])
         rows.append({
             **bu.machine_info(), "layer": idx, "S": s, "T": t, "HW": size, "batch": batch, "method": method,
-            "ranks": ranks, **{k: round(v, 4) for k, v in {**dense, **times}.items()},
+            "ranks": ranks, "stat": stat, **{k: round(v, 4) for k, v in {**dense, **times}.items()},
             "speedup_nchw": round(best_chain / times["fused_nchw"], 3),
             "speedup_cl": round(best_chain / times["fused_cl"], 3),
             "speedup_best": round(best_chain / min(times["fused_nchw"], times["fused_cl"]), 3),
@@ -145,15 +146,20 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=None, help="conv indices 0..12 (default all)")
     ap.add_argument("--methods", nargs="+", default=["cp", "tucker"], choices=sorted(FUSED))
     ap.add_argument("--quick", action="store_true", help="short timing runs (noisier)")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="time per call: median of the timed blocks, or the fastest block (busy machines)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu_layers"),
                     help="output prefix; writes <out>.csv and <out>.json")
     args = ap.parse_args()
     if not mtd_kernels.extension_available():
         sys.exit(f"mtd_kernels._C is not built ({mtd_kernels.extension_error()}); nothing fused to measure")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     convs = vgg16_convs()
     layers = args.layers if args.layers is not None else list(range(len(convs)))
     min_time = 0.05 if args.quick else 0.3
-    print(f"machine: {bu.machine_info()}")
+    print(f"machine: {bu.machine_info()}  time per call: {args.stat}")
     print(f"{'#':>3} {'S->T':<9} {'HW':>3} {'N':>3} {'method':<7}{'ranks':<15}{'dense':>9}{'chainNC':>9}"
           f"{'chainCL':>9}{'fusedNC':>9}{'fusedCL':>9}{'xNC':>7}{'xCL':>7}   (ms; x = vs best chain)")
     rows: List[Dict] = []
@@ -161,7 +167,7 @@ def main() -> None:
         for batch in args.batches:
             for idx in layers:
                 s, t, size = convs[idx]
-                for r in bench_layer(idx, s, t, size, batch, args.methods, min_time):
+                for r in bench_layer(idx, s, t, size, batch, args.methods, min_time, args.stat):
                     print_row(r)
                     rows.append(r)
     summary = summarise(rows)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtd.decompose import (CP4Factors, CPDecompositionError, CPFactors, cp4_decompose_conv, cp_decompose_conv,
-                           max_cp_rank, max_tucker_ranks, svd_decompose, tucker2_decompose_conv)
+from mtd.decompose import (DEFAULT_ENGINE, ENGINES, CP4Factors, CPDecompositionError, CPFactors,
+                           cp4_decompose_conv, cp_decompose_conv, max_cp_rank, max_tucker_ranks, svd_decompose,
+                           tucker2_decompose_conv)
 from mtd.decompose import cp_als as cp_als_module
 
 
@@ -42,28 +43,31 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("s,t", [(17, 17), (64, 64), (17, 64)])
-def test_cp3_recovers_exact_rank(rng, s, t):
+def test_cp3_recovers_exact_rank(rng, s, t, engine):
     w = cp3_kernel(rng, t, s, 3, 3, 5)
-    f = cp_decompose_conv(torch.from_numpy(w), 5)
+    f = cp_decompose_conv(torch.from_numpy(w), 5, engine=engine)
     assert f.first.shape == (5, s, 1, 1) and f.depthwise.shape == (5, 1, 3, 3) and f.last.shape == (t, 5, 1, 1)
     assert rel(w, cp3_rebuild(f)) < 1e-4
     assert f.rel_error < 1e-4
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("s,t,kh,kw", [(17, 17, 3, 3), (64, 64, 3, 3), (17, 64, 5, 5), (17, 64, 3, 1)])
-def test_cp4_recovers_exact_rank(rng, s, t, kh, kw):
+def test_cp4_recovers_exact_rank(rng, s, t, kh, kw, engine):
     w = cp4_kernel(rng, t, s, kh, kw, 5)
-    f = cp4_decompose_conv(w, 5)
+    f = cp4_decompose_conv(w, 5, engine=engine)
     assert f.vertical.shape == (5, 1, kh, 1) and f.horizontal.shape == (5, 1, 1, kw)
     assert rel(w, cp4_rebuild(f)) < 1e-4
     assert f.rel_error < 1e-4
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("s,t,r1,r2", [(17, 17, 3, 5), (64, 64, 5, 3), (17, 64, 17, 64)])
-def test_tucker2_recovers_exact_ranks(rng, s, t, r1, r2):
+def test_tucker2_recovers_exact_ranks(rng, s, t, r1, r2, engine):
     w = tucker_kernel(rng, t, s, 3, 3, r1, r2)
-    f = tucker2_decompose_conv(torch.from_numpy(w), (r1, r2))
+    f = tucker2_decompose_conv(torch.from_numpy(w), (r1, r2), engine=engine)
     assert f.first.shape == (r1, s, 1, 1) and f.core.shape == (r2, r1, 3, 3) and f.last.shape == (t, r2, 1, 1)
     assert f.ranks == (r1, r2)
     assert rel(w, tucker_rebuild(f)) < 1e-4 and f.rel_error < 1e-4
@@ -223,3 +227,83 @@ def test_cp_of_1x1_kernel_is_the_optimal_truncated_svd(rng):
                        (cp4_decompose_conv(m[:, :, None, None], 4), cp4_rebuild)):
         assert f.rel_error == pytest.approx(optimum, rel=1e-10)
         assert rel(m[:, :, None, None], rebuilt(f)) == pytest.approx(optimum, rel=1e-10)
+
+
+# ---- engine="tensorly" (tensorly.decomposition.parafac / partial_tucker) ----
+
+def test_default_engine_is_the_in_house_one():
+    assert DEFAULT_ENGINE == "mtd" and set(ENGINES) == {"mtd", "tensorly"}
+
+
+def test_engines_reach_comparable_error_at_a_middle_rank(rng):
+    w = rng.standard_normal((24, 20, 3, 3))
+    results = {}
+    for engine in ENGINES:
+        cp3 = cp_decompose_conv(w, 12, engine=engine)
+        cp4 = cp4_decompose_conv(w, 12, engine=engine)
+        tk = tucker2_decompose_conv(w, (8, 10), engine=engine)
+        for f, rebuilt in ((cp3, cp3_rebuild(cp3)), (cp4, cp4_rebuild(cp4)), (tk, tucker_rebuild(tk))):
+            assert f.rel_error == pytest.approx(rel(w, rebuilt), rel=1e-9)  # reported error is the real one
+        results[engine] = (cp3.rel_error, cp4.rel_error, tk.rel_error)
+    for ours, theirs in zip(results["mtd"], results["tensorly"]):
+        assert 0.1 < ours < 1.0 and 0.1 < theirs < 1.0
+        assert max(ours, theirs) / min(ours, theirs) < 1.15
+    # HOOI from the same SVD init converges to the same Tucker optimum
+    assert results["mtd"][2] == pytest.approx(results["tensorly"][2], rel=1e-3)
+
+
+@pytest.mark.parametrize("fn,rank", [(cp_decompose_conv, 2), (cp4_decompose_conv, 2),
+                                     (tucker2_decompose_conv, (2, 2))])
+def test_unknown_engine_is_a_clear_error(fn, rank):
+    with pytest.raises(ValueError, match=r"engine must be one of \('mtd', 'tensorly'\), got 'tensorflow'"):
+        fn(torch.randn(8, 6, 3, 3), rank, engine="tensorflow")
+
+
+def test_tensorly_engine_keeps_the_global_backend_and_does_not_warn(rng):
+    import tensorly as tl
+
+    w = cp3_kernel(rng, 17, 17, 3, 3, 12)  # rank 12 > kh*kw = 9: tensorly's own SVD init would warn
+    previous = tl.get_backend()
+    tl.set_backend("pytorch")  # a user's global choice: the engine must work in numpy and leave it alone
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            f = cp_decompose_conv(w, 12, n_iter_max=300, tol=1e-10, engine="tensorly")
+            g = cp4_decompose_conv(cp4_kernel(rng, 17, 17, 3, 3, 5), 7, engine="tensorly")
+        assert tl.get_backend() == "pytorch"
+    finally:
+        tl.set_backend(previous)
+    assert f.rel_error < 1e-3 and np.isfinite(g.rel_error) and g.rel_error < 1e-3
+    assert f.first.dtype == torch.float64
+
+
+def test_tensorly_engine_balances_norms_and_warm_starts(rng):
+    w = rng.standard_normal((8, 7, 3, 3)) * 50.0
+    f = cp_decompose_conv(w, 4, engine="tensorly")
+    n_first = f.first.reshape(4, -1).norm(dim=1)
+    np.testing.assert_allclose(n_first, f.depthwise.reshape(4, -1).norm(dim=1), rtol=1e-10)
+    np.testing.assert_allclose(n_first, f.last.reshape(-1, 4).norm(dim=0), rtol=1e-10)
+    high = cp_decompose_conv(w, 10, engine="tensorly")
+    one_sweep = cp_decompose_conv(w, 6, init=high, n_iter_max=1, engine="tensorly")
+    random_sweep = cp_decompose_conv(w, 6, init="random", n_iter_max=1, engine="tensorly")
+    assert one_sweep.rank == 6 and one_sweep.rel_error < random_sweep.rel_error
+
+
+def test_tensorly_engine_restarts_and_raises_like_the_in_house_one(rng, monkeypatch):
+    from mtd.decompose import tensorly_engine
+
+    w = rng.standard_normal((10, 9, 3, 3))
+    with pytest.raises(CPDecompositionError, match=r"failed in all 3 attempts.*diverging component norms"):
+        cp_decompose_conv(w, 4, max_norm_ratio=1e-6, n_restarts=2, engine="tensorly")
+    real_parafac, calls = tensorly_engine.parafac, []
+
+    def nan_once(*args, **kwargs):  # the first attempt returns NaN factors, the restart is real
+        calls.append(1)
+        cp, errors = real_parafac(*args, **kwargs)
+        if len(calls) == 1:
+            cp.factors[0][:] = np.nan
+        return cp, errors
+
+    monkeypatch.setattr(tensorly_engine, "parafac", nan_once)
+    f = cp_decompose_conv(w, 4, engine="tensorly")
+    assert len(calls) == 2 and np.isfinite(f.rel_error) and f.rel_error < 1.0

@@ -12,8 +12,9 @@ namespace {
 template <typename T>
 struct TuckerCore {
   int64_t r1, r2;
-  const T* core;        // (R2, kh*kw*R1) row-major, taps outer, R1 inner (matches the im2col rows)
+  const T* core;        // (R2, K) row-major; K = (tap, R1) if tap_major else (R1, tap), as the im2col rows
   cpu::Window g;
+  bool tap_major;       // im2col copies contiguous R1 runs (needs the permuted core) or scatters them
 
   int64_t k() const { return g.kh * g.kw * r1; }
   bool pointwise() const {  // 1x1 core without stride/padding: U already is the im2col matrix
@@ -49,18 +50,26 @@ struct TuckerCore {
   }
 
   void im2col(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols) const {
-    const size_t tap_bytes = static_cast<size_t>(r1) * sizeof(T);
+    const int64_t taps = g.kh * g.kw;
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       for (int64_t ow = 0; ow < g.wo; ++ow) {
-        T* dst = cols + ((oh - oh0) * g.wo + ow) * k();
+        T* pixel = cols + ((oh - oh0) * g.wo + ow) * k();  // one im2col row (K,)
         for (int64_t ki = 0; ki < g.kh; ++ki) {
           const int64_t row = oh * g.sh - g.ph + ki * g.dh - lo;
-          for (int64_t kj = 0; kj < g.kw; ++kj, dst += r1) {
+          for (int64_t kj = 0; kj < g.kw; ++kj) {
             const int64_t col = ow * g.sw - g.pw + kj * g.dw;
-            if (row < 0 || row >= rows_in || col < 0 || col >= g.w) {
-              std::memset(dst, 0, tap_bytes);  // zero padding
-            } else {
-              std::memcpy(dst, u + (row * g.w + col) * r1, tap_bytes);
+            const int64_t tap = ki * g.kw + kj;
+            const bool inside = row >= 0 && row < rows_in && col >= 0 && col < g.w;
+            const T* src = inside ? u + (row * g.w + col) * r1 : nullptr;  // outside: zero padding
+            if (tap_major) {  // K = (tap, R1): a contiguous run of R1 values
+              T* dst = pixel + tap * r1;
+              if (inside) {
+                std::memcpy(dst, src, static_cast<size_t>(r1) * sizeof(T));
+              } else {
+                std::memset(dst, 0, static_cast<size_t>(r1) * sizeof(T));
+              }
+            } else {  // K = (R1, tap): the native (R2, R1, kh, kw) core order
+              for (int64_t c = 0; c < r1; ++c) pixel[c * taps + tap] = inside ? src[c] : T(0);
             }
           }
         }
@@ -98,10 +107,14 @@ at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first,
   if (!cpu::fused_supported(input, r1, r2, w_last.size(0))) {
     return tucker_chain(input, w_first, w_core, w_last, bias, stride, padding, dilation, relu);
   }
-  const at::Tensor core = w_core.permute({0, 2, 3, 1}).contiguous();  // (R2, kh, kw, R1)
+  // Permuting the core to (R2, kh, kw, R1) makes the im2col contiguous copies, but costs a strided
+  // pass over the whole core (R2*K) instead of strided im2col writes (pixels*K): worth it only when
+  // the call has more output pixels than core rows.
+  const bool tap_major = r2 < input.size(0) * g.ho * g.wo;
+  const at::Tensor core = tap_major ? w_core.permute({0, 2, 3, 1}).contiguous() : w_core.contiguous();
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tucker_conv2d_cpu", [&] {
-    const TuckerCore<scalar_t> mid{r1, r2, core.data_ptr<scalar_t>(), g};
+    const TuckerCore<scalar_t> mid{r1, r2, core.data_ptr<scalar_t>(), g, tap_major};
     out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
   });
   return out;

@@ -8,6 +8,7 @@ import torch
 
 from ._weights import WeightLike, conv_kernel, rel_error, to_tensor
 from .cp_als import ALSResult, balanced_factors, cp_als, reconstruct
+from .engines import DEFAULT_ENGINE, check_engine
 from .factors import CP4Factors, CPFactors
 from .ranks import check_cp_rank
 
@@ -43,7 +44,8 @@ def _cp4_init(init: CPInit, shape) -> Union[str, list]:
 
 
 def _run_cp(tensor: np.ndarray, rank: int, init, **als_kwargs) -> ALSResult:
-    """CP-ALS, except for a 1x1 kernel whose CP is the truncated SVD of the (T, S) matrix (optimal, no ALS)."""
+    """CP-ALS, except for a 1x1 kernel whose CP is the truncated SVD of the (T, S) matrix (optimal, no
+    ALS, the same for both engines)."""
     t, s = tensor.shape[:2]
     if all(n == 1 for n in tensor.shape[2:]) and isinstance(init, str):
         u, sv, vt = np.linalg.svd(tensor.reshape(t, s), full_matrices=False)
@@ -54,20 +56,22 @@ def _run_cp(tensor: np.ndarray, rank: int, init, **als_kwargs) -> ALSResult:
 
 def cp_decompose_conv(weight: WeightLike, rank: int, *, n_iter_max: int = 100, init: CPInit = "svd",
                       tol: float = 1e-6, seed: int = 0, n_restarts: int = 3,
-                      max_norm_ratio: float = 1e4) -> CPFactors:
+                      max_norm_ratio: float = 1e4, engine: str = DEFAULT_ENGINE) -> CPFactors:
     """CP3 of a conv kernel (T, S, kh, kw), seen as a (T, S, kh*kw) tensor.
 
     ``init``: 'svd' (default), 'random', or the factors of an earlier CP of any rank (warm start: the
     strongest components are kept).  NaN/Inf or diverging norms trigger ``n_restarts`` seeded random
     restarts; :class:`CPDecompositionError` if all fail.  Component norms are balanced over the three
-    factors.  ``rel_error`` is ||W - W_hat|| / ||W||.
+    factors.  ``rel_error`` is ||W - W_hat|| / ||W||.  ``engine``: "mtd" (default, the in-house
+    CP-ALS) or "tensorly" (``tensorly.decomposition.parafac`` with the same inits and checks).
     """
+    engine = check_engine(engine)
     w = conv_kernel(weight)
     rank = check_cp_rank(rank, w.shape, "cp3")
     t, s, kh, kw = w.shape
     tensor = w.reshape(t, s, kh * kw)
     result = _run_cp(tensor, rank, _cp3_init(init, w.shape), n_iter_max=n_iter_max, tol=tol, seed=seed,
-                    n_restarts=n_restarts, max_norm_ratio=max_norm_ratio)
+                    n_restarts=n_restarts, max_norm_ratio=max_norm_ratio, engine=engine)
     a, b, c = balanced_factors(result)  # (T,R), (S,R), (kh*kw,R)
     return CPFactors(
         first=to_tensor(b.T.reshape(rank, s, 1, 1)),
@@ -80,13 +84,14 @@ def cp_decompose_conv(weight: WeightLike, rank: int, *, n_iter_max: int = 100, i
 
 def cp4_decompose_conv(weight: WeightLike, rank: int, *, n_iter_max: int = 100, init: CPInit = "svd",
                        tol: float = 1e-6, seed: int = 0, n_restarts: int = 3,
-                       max_norm_ratio: float = 1e4) -> CP4Factors:
+                       max_norm_ratio: float = 1e4, engine: str = DEFAULT_ENGINE) -> CP4Factors:
     """CP of the 4-way kernel (T, S, kh, kw) (Lebedev et al. 2015); same options as CP3."""
+    engine = check_engine(engine)
     w = conv_kernel(weight)
     rank = check_cp_rank(rank, w.shape, "cp4")
     t, s, kh, kw = w.shape
     result = _run_cp(w, rank, _cp4_init(init, w.shape), n_iter_max=n_iter_max, tol=tol, seed=seed,
-                    n_restarts=n_restarts, max_norm_ratio=max_norm_ratio)
+                    n_restarts=n_restarts, max_norm_ratio=max_norm_ratio, engine=engine)
     a, b, v, h = balanced_factors(result)  # (T,R), (S,R), (kh,R), (kw,R)
     return CP4Factors(
         first=to_tensor(b.T.reshape(rank, s, 1, 1)),

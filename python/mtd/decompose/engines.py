@@ -8,6 +8,10 @@ restarts, divergence checks, balancing and error reporting.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
+import tensorly as tl
+
 ENGINES = ("mtd", "tensorly")
 DEFAULT_ENGINE = "mtd"
 
@@ -17,3 +21,9 @@ def check_engine(engine) -> str:
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     return engine
+
+
+def numpy_backend() -> AbstractContextManager:
+    """tensorly's numpy backend for this thread during a ``with`` block (the caller's is restored):
+    the package works on float64 numpy arrays whatever backend a user chose globally."""
+    return tl.backend_context("numpy", local_threadsafe=True)

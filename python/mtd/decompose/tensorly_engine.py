@@ -2,8 +2,8 @@
 
 The restart loop, the inits, the balancing and the error reporting are the shared ones of
 ``cp_als.py`` / ``cp.py`` / ``tucker.py``; only the sweeps run in tensorly.  The backend is set
-locally with ``tl.backend_context("numpy")`` (the caller's global backend is left alone) because
-the rest of the package works on float64 numpy arrays.
+locally with ``engines.numpy_backend()`` (this thread only, for the duration of the call; the
+caller's backend is restored) because the package works on float64 numpy arrays.
 
 tensorly's own stopping rule is an absolute decrease of the relative error; for CP we pass
 ``tol=0`` and stop from a ``callback`` with the in-house rule (relative decrease below ``tol``),
@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
-import tensorly as tl
 from tensorly.cp_tensor import CPTensor
 from tensorly.decomposition import parafac, partial_tucker
 
 from .cp_als import ALSResult, _Diverged, _normalized
+from .engines import numpy_backend
 
 Start = Union[str, Sequence[np.ndarray]]  # "svd" (tensorly's own SVD init) or factors (I_n, R)
 
@@ -47,8 +47,8 @@ class _SweepMonitor:
             self.failure = (f"diverging component norms at sweep {self.sweeps} "
                             f"(largest {norms.max():.3g} vs ||W|| = {self.norm_x:.3g})")
             return True
-        if self.calls == 1:
-            return False
+        if self.calls == 1 or rel_err == self.prev:
+            return False  # the init, or a line-search sweep (tensorly reports the previous error there)
         stop = rel_err < 1e-13 or self.prev - rel_err < self.tol * self.prev
         self.prev = float(rel_err)
         return bool(stop)
@@ -56,32 +56,32 @@ class _SweepMonitor:
 
 def parafac_run(tensor: np.ndarray, norm_x: float, rank: int, start: Start, n_iter_max: int, tol: float,
                 max_norm_ratio: float, seed: int) -> ALSResult:
-    """One ``tensorly.decomposition.parafac`` attempt; raises ``_Diverged`` on NaN/Inf, diverging
-    norms or a singular ALS system.  ``start``: factors (I_n, R), or "svd" for tensorly's own SVD
-    init, allowed only for ``rank`` <= every mode's size (above it tensorly warns and fills randomly)."""
-    if isinstance(start, str):
-        if start != "svd" or rank > min(tensor.shape):
-            raise ValueError(f"string start must be 'svd' with rank <= every mode size {tensor.shape}, "
-                             f"got {start!r} at rank {rank}")
-        init = start
-    else:
-        init = CPTensor((np.ones(rank), [np.array(f, dtype=np.float64) for f in start]))
+    """One ``tensorly.decomposition.parafac`` attempt (with tensorly's line search, which gets ALS
+    out of slow "swamps" like the in-house one); raises ``_Diverged`` on NaN/Inf, diverging norms or
+    a singular ALS system.  ``start``: factors (I_n, R), or "svd" for tensorly's own SVD init, allowed
+    only for ``rank`` <= every mode's size (above it tensorly warns and fills randomly)."""
+    if isinstance(start, str) and (start != "svd" or rank > min(tensor.shape)):
+        raise ValueError(f"string start must be 'svd' with rank <= every mode size {tensor.shape}, "
+                         f"got {start!r} at rank {rank}")
     monitor = _SweepMonitor(norm_x, tol, max_norm_ratio)
-    with tl.backend_context("numpy"):
-        return _finish(tensor, rank, init, n_iter_max, monitor, seed)
-
-
-def _finish(tensor, rank, init, n_iter_max, monitor: _SweepMonitor, seed: int) -> ALSResult:
-    try:
-        cp, errors = parafac(tensor, rank, n_iter_max=n_iter_max, init=init, tol=0, return_errors=True,
-                             callback=monitor, random_state=seed, normalize_factors=False)
-    except np.linalg.LinAlgError as exc:  # singular normal equations: degenerate components
-        raise _Diverged(f"singular ALS system at sweep {monitor.sweeps + 1} ({exc})") from exc
+    with numpy_backend():
+        init = start if isinstance(start, str) else CPTensor(
+            (np.ones(rank), [np.array(f, dtype=np.float64) for f in start]))
+        try:
+            cp, errors = parafac(tensor, rank, n_iter_max=n_iter_max, init=init, tol=0, return_errors=True,
+                                 callback=monitor, random_state=seed, normalize_factors=False, linesearch=True)
+        except np.linalg.LinAlgError as exc:  # singular normal equations: degenerate components
+            raise _Diverged(f"singular ALS system at sweep {monitor.sweeps + 1} ({exc})") from exc
     if monitor.failure:
         raise _Diverged(monitor.failure)
     weights, factors = cp
-    raw = [factors[0] * weights] + list(factors[1:])  # weights (all ones here) folded into mode 0
-    unit, norms = _normalized(raw)
+    raw = [np.asarray(factors[0]) * np.asarray(weights)] + [np.asarray(f) for f in factors[1:]]
+    unit, norms = _normalized(raw)  # weights were all ones: now unit columns and the component norms
+    if not (np.isfinite(norms).all() and all(np.isfinite(f).all() for f in unit)):
+        raise _Diverged(f"NaN/Inf in the factors after sweep {monitor.sweeps}")
+    if norms.max() > max_norm_ratio * norm_x:
+        raise _Diverged(f"diverging component norms after sweep {monitor.sweeps} "
+                        f"(largest {norms.max():.3g} vs ||W|| = {norm_x:.3g})")
     return ALSResult(unit, norms, float(errors[-1]) if errors else float("nan"), monitor.sweeps)
 
 
@@ -92,7 +92,7 @@ def partial_tucker2(x: np.ndarray, r1: int, r2: int, n_iter_max: int, tol: float
     u_in (S, r1).  ``tol`` is tensorly's: absolute decrease of the relative error."""
     inits: List[Tuple[str, int]] = [("svd", seed)] + [("random", seed + 1 + i) for i in range(n_restarts)]
     failures = []
-    with tl.backend_context("numpy"):
+    with numpy_backend():
         for init, state in inits:
             (core, (u_out, u_in)), _ = partial_tucker(x, [r2, r1], modes=[0, 1], init=init, n_iter_max=n_iter_max,
                                                       tol=tol, random_state=state)

@@ -50,9 +50,15 @@ class CandidateGrid:
                    tucker_fractions=(0.375, 0.25, 0.1875, 0.125, 0.0625), svd_ratios=(2, 4))
 
     @classmethod
+    def tiny(cls) -> "CandidateGrid":
+        """A handful of candidates per layer (smoke runs)."""
+        return cls(cp_ratios=(4, 16), cp4_ratios=(), tucker_fractions=(0.5, 0.25), svd_ratios=(2,),
+                   methods=("cp", "tucker"))
+
+    @classmethod
     def named(cls, name: str) -> "CandidateGrid":
-        """``full``, ``small`` or ``coarse``."""
-        grids = {"full": cls, "small": cls.small, "coarse": cls.coarse}
+        """``full``, ``small``, ``coarse`` or ``tiny``."""
+        grids = {"full": cls, "small": cls.small, "coarse": cls.coarse, "tiny": cls.tiny}
         if name not in grids:
             raise ValueError(f"unknown candidate grid {name!r}; choose one of {', '.join(grids)}")
         return grids[name]()

@@ -6,7 +6,6 @@ import dataclasses
 import time
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from ..utils import pick_device, seed_everything
@@ -34,7 +33,8 @@ def compress(model: nn.Module, train_data: Any, *, max_drop: float = 1.0, target
              progress: bool = True, grid: Optional[CandidateGrid] = None, batch_size: int = 256,
              max_rounds: int = 3, planning_drop: Optional[float] = None, layer_tolerance: Optional[float] = None,
              cache_dir: Optional[str] = None, cp_n_iter_max: int = 100,
-             layers: Optional[list[str]] = None, finetune_batch_size: int = 128) -> tuple[nn.Module, Plan]:
+             layers: Optional[list[str]] = None, finetune_batch_size: int = 128,
+             score_images: int = 512) -> tuple[nn.Module, Plan]:
     """Compress ``model`` by per-layer CP / CP4 / Tucker-2 / SVD decomposition.
 
     Args:
@@ -46,7 +46,9 @@ def compress(model: nn.Module, train_data: Any, *, max_drop: float = 1.0, target
             for the ``*-uniform`` methods).
         method: ``mtd`` (sensitivity-driven selection), ``thesis`` (the thesis' per-layer rule),
             ``cp-vbmf``/``tucker-vbmf`` (EVBMF ranks) or ``cp-uniform``/``tucker-uniform``.
-        calib_size / holdout_size: images used for scoring candidates / for verification.
+        calib_size / holdout_size: calibration images (budget checks of whole assignments) / held-out
+            images (verification after fine-tuning).
+        score_images: how many of the calibration images score each single-layer candidate.
         finetune_epochs, finetune_lr, finetune_batch_size, teacher_kd: fine-tuning after each selection
             round (knowledge distillation from the original model when ``teacher_kd``).
         batch_size: batch size of the calibration / verification passes.
@@ -78,7 +80,12 @@ def compress(model: nn.Module, train_data: Any, *, max_drop: float = 1.0, target
     cache = FactorCache(cache_dir, settings)
     grid = grid or CandidateGrid()
 
-    options = _score(method, original, layers, grid, calib, base, cache, io_shapes, seed, target_ratio, progress)
+    # per-candidate scoring runs the network once per candidate: use at most ``score_images`` of the
+    # calibration images there; whole assignments are checked on all of them
+    n_batches = max(1, -(-min(score_images, calib.num_images) // batch_size))
+    score_calib = Calibration(calib.batches[:n_batches])
+    options = _score(method, original, layers, grid, score_calib, score_calib.score(original), cache, io_shapes,
+                     seed, target_ratio, progress)
     model_params = sum(p.numel() for p in original.parameters())
 
     def model_ratio(a: Assignment) -> float:
@@ -126,7 +133,7 @@ def compress(model: nn.Module, train_data: Any, *, max_drop: float = 1.0, target
             info["holdout_accuracy"] = score_loader(compressed, holdout).accuracy
             info["holdout_drop"] = base_holdout.accuracy - info["holdout_accuracy"]
         history.append(info)
-        over = holdout is not None and info["holdout_drop"] > max_drop
+        over = holdout is not None and info["holdout_drop"] > max_drop + 1e-9
         if not over or target_ratio is not None or method not in ("mtd", "thesis"):
             break
         # back off: relax the budget so the most sensitive layers (highest loss per saved parameter) return
@@ -146,7 +153,7 @@ def compress(model: nn.Module, train_data: Any, *, max_drop: float = 1.0, target
         "calibration": {"images": calib.num_images, "base_accuracy": base.accuracy, "base_loss": base.loss},
         "holdout": {"images": holdout_size, "base_accuracy": base_holdout.accuracy if base_holdout else None},
         "rounds": history, "within_budget": (not history or "holdout_drop" not in history[-1]
-                                             or history[-1]["holdout_drop"] <= max_drop),
+                                             or history[-1]["holdout_drop"] <= max_drop + 1e-9),
         "model_params_before": model_params,
         "model_param_ratio": model_ratio(chosen),
         "finetune_epochs": finetune_epochs, "teacher_kd": teacher_kd, "seed": seed,

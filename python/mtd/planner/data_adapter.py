@@ -7,7 +7,7 @@ normalised float tensor ``(N, C, H, W)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import numpy as np
 import torch

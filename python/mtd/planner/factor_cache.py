@@ -35,6 +35,7 @@ class DecompositionSettings:
 
     cp_n_iter_max: int = 100
     cp_tol: float = 1e-6
+    engine: str = "mtd"  # mtd.decompose engine ("mtd" or "tensorly")
 
 
 class FactorCache:
@@ -77,12 +78,12 @@ class FactorCache:
         s = self.settings
         if method == "cp":
             return decompose.cp_decompose_conv(weight, ranks[0], init=init, seed=seed,
-                                               n_iter_max=s.cp_n_iter_max, tol=s.cp_tol)
+                                               n_iter_max=s.cp_n_iter_max, tol=s.cp_tol, engine=s.engine)
         if method == "cp4":
             return decompose.cp4_decompose_conv(weight, ranks[0], init=init, seed=seed,
-                                                n_iter_max=s.cp_n_iter_max, tol=s.cp_tol)
+                                                n_iter_max=s.cp_n_iter_max, tol=s.cp_tol, engine=s.engine)
         if method == "tucker":
-            return decompose.tucker2_decompose_conv(weight, ranks=tuple(ranks))  # deterministic (SVD init)
+            return decompose.tucker2_decompose_conv(weight, ranks=tuple(ranks), seed=seed, engine=s.engine)
         return decompose.svd_decompose(weight, ranks[0])
 
     # -- disk ---------------------------------------------------------------------------------------------

@@ -72,8 +72,9 @@ def assignment_params(a: Assignment) -> int:
     return sum(s.params for s in a.values())
 
 
-def search_budget(path: list[Assignment], meets_budget: Callable[[Assignment], bool]) -> tuple[int, Assignment]:
-    """Most compressed assignment on ``path`` for which ``meets_budget`` holds (binary search).
+def search_budget(path: list[Assignment], meets_budget: Callable[[Assignment], bool],
+                  patience: int = 3) -> tuple[int, Assignment]:
+    """Most compressed assignment on ``path`` for which ``meets_budget`` holds (bisection, then a short walk).
 
     ``path`` goes from most compressed to least; the last entry is treated as always acceptable
     (it is the most accurate the candidates allow). Returns (index, assignment).
@@ -85,7 +86,17 @@ def search_budget(path: list[Assignment], meets_budget: Callable[[Assignment], b
             hi = mid
         else:
             lo = mid + 1
-    return hi, path[hi]
+    # The measured drop is not exactly monotone along the path (calibration noise): walk on towards
+    # more compression until ``patience`` assignments in a row miss the budget.
+    best, misses = hi, 0
+    for i in range(hi - 2, -1, -1):  # hi - 1 was rejected by the bisection (or hi == 0)
+        if meets_budget(path[i]):
+            best, misses = i, 0
+        else:
+            misses += 1
+            if misses >= patience:
+                break
+    return best, path[best]
 
 
 def search_ratio(path: list[Assignment], ratio_of: Callable[[Assignment], float],

@@ -6,22 +6,21 @@ from typing import Iterator, Mapping
 
 from torch import nn
 
+from ..layers.surgery import get_module, replace_module
+
 
 def get_submodule(model: nn.Module, name: str) -> nn.Module:
     """The module at dotted path ``name`` (ValueError naming the path if it does not exist)."""
     try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"model has no layer named {name!r}") from None
+        return get_module(model, name)
+    except KeyError as err:
+        raise ValueError(f"model has no layer named {name!r} ({err.args[0]})") from None
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Replace the module at ``name`` by ``new``; returns the old one."""
-    parent_name, _, child = name.rpartition(".")
-    parent = get_submodule(model, parent_name) if parent_name else model
-    old = get_submodule(model, name)
-    setattr(parent, child, new)  # works for Sequential children too (names are their indices)
-    return old
+    get_submodule(model, name)  # readable error first
+    return replace_module(model, name, new)
 
 
 @contextlib.contextmanager

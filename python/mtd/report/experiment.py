@@ -128,8 +128,15 @@ def _latencies(model: nn.Module, cfg: ExperimentConfig, device: torch.device) ->
 
     dev = device if cfg.latency_device == "same" else torch.device(cfg.latency_device)
     m = copy.deepcopy(model).to(dev)
-    return {f"b{b}": forward_latency_ms(m, b, device=dev, channels_last=dev.type == "cuda",
-                                        repeats=20 if b == 1 else 10) for b in cfg.latency_batches}
+    out: dict[str, float] = {}
+    for b in cfg.latency_batches:
+        try:
+            out[f"b{b}"] = forward_latency_ms(m, b, device=dev, channels_last=dev.type == "cuda",
+                                              repeats=20 if b == 1 else 10)
+        except RuntimeError as err:  # a one-shot benchmark run should still report everything else
+            out[f"b{b}"] = float("nan")
+            out[f"b{b}_error"] = str(err).splitlines()[0][:200]
+    return out
 
 
 def results_markdown(results: dict[str, Any], title: str) -> str:
@@ -138,7 +145,7 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
 
     m = results["machine"]
     base = results["baseline"]
-    lat_keys = list(base.get("latency_ms", {}))
+    lat_keys = [k for k in base.get("latency_ms", {}) if not k.endswith("_error")]
     header = ["method", "baseline acc (%)", "acc (%)", "drop", "param ratio", "FLOPs ratio"]
     header += [f"latency {k} dense/compressed (ms)" for k in lat_keys] + ["time (s)"]
     rows = []
@@ -169,6 +176,12 @@ def write_results(results: dict[str, Any], out_dir: str | Path, stem: str, title
     js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     with atomic_write(js, "w") as f:
         json.dump(results, f, indent=2, default=str)
+    png = out_dir / f"{stem}_accuracy_vs_ratio.png"
+    points = [{"method": r["method"], "model_param_ratio": r["param_ratio"], "accuracy": r["accuracy"],
+               "base_accuracy": r["base_accuracy"]} for r in results["rows"] if not r.get("skipped")]
+    from .plots import plot_accuracy_vs_ratio
+
+    plot_accuracy_vs_ratio(points, png, title=title)
     with atomic_write(md, "w") as f:
-        f.write(results_markdown(results, title))
+        f.write(results_markdown(results, title) + f"\n![accuracy vs compression]({png.name})\n")
     return js, md
