@@ -95,7 +95,8 @@ def table(rows: List[dict]) -> List[str]:
         m, t = by.get("mtd"), by.get("tensorly")
         if not (m and t):
             continue
-        lines.append(f"| {weight} | {shape} | {method} | {rank} | 1/{round(1 / keep)} | {m['sweeps']} | {m['seconds']:.2f} | "
+        lines.append(f"| {weight} | {shape} | {method} | {rank} | 1/{round(1 / keep)} | {m['sweeps']} | "
+                     f"{m['seconds']:.2f} | "
                      f"{t['seconds']:.2f} | {t['seconds'] / m['seconds']:.1f}x | {m['rel_error']:.4f} | "
                      f"{t['rel_error']:.4f} |")
     return lines
@@ -141,14 +142,16 @@ def main() -> None:
     machine = {**bu.machine_info(), "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "numpy": np.__version__, "tensorly": __import__("tensorly").__version__,
                "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-    summary = {"sweeps": {c: sweeps_for(c) for c in shapes}, "total_seconds": total, "geomean_tensorly_over_mtd_time": bu.geomean(ratios)}
+    summary = {"sweeps": {c: sweeps_for(c) for c in shapes}, "total_seconds": total,
+               "geomean_tensorly_over_mtd_time": bu.geomean(ratios)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"machine": machine, "summary": summary, "rows": rows}, f, indent=1)
     md = ["# Decomposition engines: mtd vs tensorly (same number of sweeps for both, tol=0)", "",
           f"Machine: {machine['cpu']}, {machine['cores']} cores, OpenBLAS threads {machine['openblas_threads']}, "
           f"numpy {machine['numpy']}, tensorly {machine['tensorly']}; load average before "
-          f"{', '.join(f'{v:.1f}' for v in load_before)}, after {', '.join(f'{v:.1f}' for v in machine['loadavg_after'])} "
+          f"{', '.join(f'{v:.1f}' for v in load_before)}, after "
+          f"{', '.join(f'{v:.1f}' for v in machine['loadavg_after'])} "
           "(other processes share the cores: times are noisy).", "",
           f"Geomean time tensorly / mtd: {summary['geomean_tensorly_over_mtd_time']:.2f}x; whole run {total:.0f} s.",
           "", *table(rows), ""]

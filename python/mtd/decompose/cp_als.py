@@ -1,10 +1,16 @@
 """CP by alternating least squares (CP-ALS) on a small N-way numpy tensor, with restarts.
 
-Why not ``tensorly.decomposition.parafac``: on the 2-core dev machine it needed ~90 s for 50 sweeps
-of a 512x512x9 rank-100 problem; the sweeps below contract the largest mode with one GEMM (~0.13 s a
-sweep there, single-threaded BLAS) and add a line search that gets ALS out of slow "swamps".  They also give what a planner needs from CP: a deliberate SVD
-init when the rank exceeds a mode's size (no warnings), warm starts from other factors, detection
-of NaN/Inf and of diverging (degenerate, cancelling) components, and seeded restarts.
+This is the default engine ("mtd", see ``engines.py``); ``engine="tensorly"`` runs
+``tensorly.decomposition.parafac`` from the same starts through the same restart loop
+(``tensorly_engine.py``).  Why in-house by default: the sweeps below contract the largest mode
+with one GEMM and never materialise a Khatri-Rao product; measured with single-threaded OpenBLAS
+on the 2-core dev machine (benchmarks/results/bench_decompose.md, 2 sweeps + init) a 512x512x3x3
+CP3 is ~4-7x and a CP4 ~35-55x faster than tensorly 0.10, whose MTTKRP materialises the Khatri-Rao
+product of all other factors for every mode, e.g. (T*S*kw, R) for the kh mode of a CP4.
+A Bro-style line search gets ALS out of slow "swamps".  The sweeps also give what a planner needs
+from CP: a deliberate SVD init when the rank exceeds a mode's size (no warnings), warm starts from
+other factors, detection of NaN/Inf and of diverging (degenerate, cancelling) components, and
+seeded restarts.
 """
 from __future__ import annotations
 

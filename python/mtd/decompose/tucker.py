@@ -1,9 +1,11 @@
 """Tucker-2 (channel modes only) of a conv kernel by HOOI with SVD init.
 
-Same algorithm as tensorly 0.10's ``partial_tucker(tensor, rank, modes=[0, 1], init='svd')``, but the
-leading singular vectors come from ``eigh`` of the small (I, I) Gram matrix instead of an SVD of the
-wide unfolding: tensorly took minutes for a 512x512x3x3 kernel on this 2-core machine, this takes
-about a second.  The factors are orthonormal, so ||W - W_hat||^2 = ||W||^2 - ||core||^2.
+Default engine ("mtd"): the same algorithm as tensorly 0.10's ``partial_tucker(tensor, rank,
+modes=[0, 1], init='svd')`` (``engine="tensorly"`` runs that one), but the leading singular vectors
+come from ``eigh`` of the small (I, I) Gram matrix instead of an SVD of the wide unfolding: 3.6-6x
+faster on VGG16's 512x512x3x3 kernels with single-threaded OpenBLAS on the 2-core dev machine, with
+the same error to 4 digits (benchmarks/results/bench_decompose.md).  The factors are orthonormal,
+so ||W - W_hat||^2 = ||W||^2 - ||core||^2.
 """
 from __future__ import annotations
 
