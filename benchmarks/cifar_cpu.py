@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """CIFAR-10 on the CPU (~25-30 min on 2 cores at the defaults): VGG11 width 1/4 baseline, then MTD at
-1% max drop and the CP-only / Tucker-only EVBMF baselines, each fine-tuned for the same epochs.
+1% max drop and the CP-only / Tucker-only baselines (EVBMF ranks, and uniform ranks at the compression MTD
+reached), each fine-tuned for the same epochs.
 
 Results (baseline acc, acc, drop, parameter and FLOPs ratios, CPU latency at batch 1 with the fused ops
 vs the dense model) go to ``benchmarks/results/cifar_cpu_<host>.{json,md}``.
@@ -25,7 +26,10 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=15, help="baseline training epochs")
     p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--methods", default="mtd,cp-vbmf,tucker-vbmf")
+    p.add_argument("--methods", default="mtd,cp-vbmf,tucker-vbmf,cp-uniform,tucker-uniform",
+                   help="the *-uniform baselines compress every conv at --uniform-ratio")
+    p.add_argument("--uniform-ratio", type=float, default=None,
+                   help="per-layer ratio of the *-uniform baselines (default: the ratio MTD reached in this run)")
     p.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--grid", default="full", choices=("full", "small", "coarse"))
     p.add_argument("--subset", type=int, default=None, help="use only this many training images (smoke runs)")
@@ -48,7 +52,7 @@ def main(argv=None) -> int:
     cfg = ExperimentConfig(model=args.model, width=args.width, train_epochs=args.epochs,
                            methods=tuple(m for m in args.methods.split(",") if m), max_drop=args.max_drop,
                            finetune_epochs=args.finetune_epochs, grid=args.grid, latency_batches=(1,),
-                           latency_device="cpu", seed=args.seed,
+                           latency_device="cpu", seed=args.seed, uniform_ratio=args.uniform_ratio,
                            holdout_size=min(2000, len(arrays.train_y) // 10), calib_size=1024)
     results = run_experiment(arrays, cfg, torch.device("cpu"))
     host = socket.gethostname().split(".")[0]

@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=0.2)
-    p.add_argument("--methods", default="mtd,cp-vbmf,tucker-vbmf")
+    p.add_argument("--methods", default="mtd,cp-uniform,tucker-uniform,cp-vbmf,tucker-vbmf")
     p.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole run")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run of the same pipeline")

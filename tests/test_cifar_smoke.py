@@ -39,12 +39,19 @@ def test_gpu_benchmark_smoke_mode_runs_end_to_end(tmp_path):
     spec.loader.exec_module(script)
     out = tmp_path / "out"
     rc = script.main(["--smoke", "--data", str(data), "--out", str(out), "--models", "vgg11",
-                      "--methods", "mtd,cp-vbmf", "--cache-dir", str(tmp_path / "cache"), "--smoke-images", "300"])
+                      "--methods", "mtd,cp-vbmf,tucker-uniform", "--cache-dir", str(tmp_path / "cache"),
+                      "--smoke-images", "300"])
     assert rc == 0
     results = json.loads((out / "cifar_smoke.json").read_text())["models"]["vgg11"]
     assert 0 <= results["baseline"]["accuracy"] <= 100
     rows = {r["method"]: r for r in results["rows"]}
-    assert set(rows) == {"mtd", "cp-vbmf"}
+    assert set(rows) == {"mtd", "cp-vbmf", "tucker-uniform"}
+    # the uniform baseline runs at the compression MTD reached (skipped when MTD kept all dense)
+    uniform = rows.pop("tucker-uniform")
+    if rows["mtd"]["layer_param_ratio"] > 1.0:
+        assert uniform["layer_param_ratio"] >= 0.8 * rows["mtd"]["layer_param_ratio"]
+    else:
+        assert uniform["skipped"] == "no target ratio"
     for row in rows.values():
         assert row["param_ratio"] >= 1.0 and row["flops_ratio"] >= 1.0
         assert row["latency_ms"]["b1"] > 0 and row["dense_latency_ms"]["b1"] > 0

@@ -40,6 +40,9 @@ class ExperimentConfig:
     latency_device: str = "cpu"
     seed: int = 0
     time_budget_s: Optional[float] = None  # skip remaining methods when the budget would be exceeded
+    # per-layer ratio of the *-uniform baselines; None = the ratio MTD reached in the same run, so the
+    # single-method baselines are compared with MTD at equal compression
+    uniform_ratio: Optional[float] = None
     extra: dict = field(default_factory=dict)
 
 
@@ -98,8 +101,17 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
             log(f"skipping {method}: {elapsed:.0f} s used, ~{per_method_s:.0f} s needed, budget {cfg.time_budget_s:.0f} s")
             results["rows"].append({"method": method, "skipped": "time budget"})
             continue
+        target_ratio = None
+        if method.endswith("-uniform"):
+            target_ratio = cfg.uniform_ratio or next(
+                (r["layer_param_ratio"] for r in results["rows"] if r.get("method") == "mtd" and "accuracy" in r), None)
+            if target_ratio is None or target_ratio <= 1.0:
+                log(f"skipping {method}: it needs uniform_ratio or a compressing mtd row before it")
+                results["rows"].append({"method": method, "skipped": "no target ratio"})
+                continue
         t0 = time.perf_counter()
-        compressed, plan = compress(model, arrays, method=method, max_drop=cfg.max_drop, calib_size=cfg.calib_size,
+        compressed, plan = compress(model, arrays, method=method, max_drop=cfg.max_drop, target_ratio=target_ratio,
+                                    calib_size=cfg.calib_size,
                                     holdout_size=cfg.holdout_size, finetune_epochs=cfg.finetune_epochs,
                                     finetune_lr=cfg.finetune_lr, device=device, seed=cfg.seed, progress=progress,
                                     grid=grid, max_rounds=cfg.max_rounds, cp_n_iter_max=cfg.cp_n_iter_max,
