@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._geometry import Padding, check_backend, same_padding, to_padding, to_pair
+from ._factorized import FactorizedModule
+from ._geometry import Padding, same_padding, to_padding, to_pair
 from .counting import conv_output_hw
 
 
-class FactorizedConv2d(nn.Module):
+class FactorizedConv2d(FactorizedModule):
     """Base of CPConv2d / CP4Conv2d / TuckerConv2d.
 
     Subclasses hold their factors as ``nn.Conv2d`` submodules (``first`` ... ``last``; only ``last``
@@ -22,7 +23,7 @@ class FactorizedConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation,
                  backend: str, relu: bool):
-        super().__init__()
+        super().__init__(backend)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -31,30 +32,9 @@ class FactorizedConv2d(nn.Module):
         self.stride = to_pair(stride, "stride", 1)
         self.padding: Padding = to_padding(padding, self.stride)
         self.dilation = to_pair(dilation, "dilation", 1)
-        self._backend = check_backend(backend)
         self.relu = bool(relu)
-        # NaN until the layer is built from a decomposition; persisted in the state_dict
-        self.register_buffer("_rel_error", torch.tensor(float("nan"), dtype=torch.float64))
 
     # -- properties ---------------------------------------------------------------------------
-    @property
-    def backend(self) -> str:
-        """'fused' (torch.ops.mtd) or 'torch' (chain of nn.Conv2d: trainable and exportable)."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self._backend = check_backend(value)
-
-    @property
-    def rel_error(self) -> float:
-        """||W - W_hat|| / ||W|| of the decomposition this layer was built from (NaN if none)."""
-        return float(self._rel_error)
-
-    @rel_error.setter
-    def rel_error(self, value: float) -> None:
-        self._rel_error.fill_(float(value))
-
     @property
     def has_bias(self) -> bool:
         return self.last.bias is not None

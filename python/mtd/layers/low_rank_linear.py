@@ -7,22 +7,20 @@ import torch
 from torch import nn
 
 from ..decompose import SVDFactors, check_svd_rank, svd_decompose
-from ._geometry import check_backend
+from ._factorized import FactorizedModule
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(FactorizedModule):
     """Rank-R factorisation of an nn.Linear.  ``backend`` is accepted for a uniform layer API, but
     both values run the same two matmuls (there is no fused op for linears)."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  backend: str = "torch", device=None, dtype=None):
-        super().__init__()
+        super().__init__(backend)
         self.in_features, self.out_features = in_features, out_features
         self.rank = check_svd_rank(rank, out_features, in_features)
-        self._backend = check_backend(backend)
         self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)  # (R, in)
         self.last = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)  # (out, R)
-        self.register_buffer("_rel_error", torch.tensor(float("nan"), dtype=torch.float64))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, backend: str = "torch", *,
@@ -44,22 +42,6 @@ class LowRankLinear(nn.Module):
                 layer.last.bias.copy_(linear.bias)
         layer.rel_error = factors.rel_error
         return layer
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self._backend = check_backend(value)
-
-    @property
-    def rel_error(self) -> float:
-        return float(self._rel_error)
-
-    @rel_error.setter
-    def rel_error(self, value: float) -> None:
-        self._rel_error.fill_(float(value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.first(x))
