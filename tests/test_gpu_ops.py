@@ -8,14 +8,14 @@ Autotuning is switched off (``MTD_TRITON_AUTOTUNE=0``) except in the one slow te
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
 
 import pytest
 import torch
 
 import mtd_kernels
 from mtd_kernels import dispatch, reference
+
+from _op_cases import DTYPES, OPS, Case, assert_close, make_inputs, reference_output
 
 DEVICE = "cuda"
 pytestmark = [
@@ -25,27 +25,6 @@ pytestmark = [
 
 # max |err| <= TOL * max|ref| + TOL * |ref|
 TOLERANCE = {"float32": 1e-5, "tf32": 2e-3, "float16": 1e-2, "bfloat16": 3e-2}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPS = ("cp_conv2d", "cp4_conv2d", "tucker_conv2d")
-
-
-@dataclass(frozen=True)
-class Case:
-    n: int
-    s: int
-    hw: Tuple[int, int]
-    r: int
-    t: int
-    kernel: Tuple[int, int]
-    stride: Tuple[int, int] = (1, 1)
-    padding: Tuple[int, int] = (0, 0)
-    dilation: Tuple[int, int] = (1, 1)
-    layout: str = "nchw"  # nchw | channels_last | strided (a non-contiguous view)
-    bias: bool = True
-    relu: bool = False
-
-    def __str__(self) -> str:
-        return f"n{self.n}s{self.s}r{self.r}t{self.t}k{self.kernel[0]}x{self.kernel[1]}-{self.layout}"
 
 
 CASES = [
@@ -60,48 +39,8 @@ CASES = [
 LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[5]]
 
 
-def _factor_shapes(op: str, c: Case):
-    kh, kw = c.kernel
-    if op == "cp_conv2d":
-        return [(c.r, c.s, 1, 1), (c.r, 1, kh, kw), (c.t, c.r, 1, 1)]
-    if op == "cp4_conv2d":
-        return [(c.r, c.s, 1, 1), (c.r, 1, kh, 1), (c.r, 1, 1, kw), (c.t, c.r, 1, 1)]
-    r2 = c.r + 2  # R1 != R2 catches swapped core indices
-    return [(c.r, c.s, 1, 1), (r2, c.r, kh, kw), (c.t, r2, 1, 1)]
-
-
-def _make_inputs(op: str, c: Case, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    if c.layout == "strided":
-        x = torch.randn(c.n, c.s, c.hw[0], 2 * c.hw[1], generator=g).to(DEVICE)[..., ::2]
-    else:
-        x = torch.randn(c.n, c.s, *c.hw, generator=g).to(DEVICE)
-        if c.layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    weights = [(torch.randn(*shape, generator=g) / shape[1] ** 0.5).to(DEVICE) for shape in _factor_shapes(op, c)]
-    bias = torch.randn(c.t, generator=g).to(DEVICE) if c.bias else None
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return cast(x), [cast(w) for w in weights], cast(bias)
-
-
-def _reference(op: str, x, weights, bias, c: Case) -> torch.Tensor:
-    as64 = lambda t: None if t is None else t.detach().cpu().double()  # noqa: E731
-    return getattr(reference, f"{op}_ref")(as64(x), *[as64(w) for w in weights], as64(bias),
-                                           c.stride, c.padding, c.dilation, c.relu)
-
-
 def _run_op(op: str, x, weights, bias, c: Case) -> torch.Tensor:
     return getattr(mtd_kernels, op)(x, *weights, bias, c.stride, c.padding, c.dilation, c.relu)
-
-
-def _assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
-    assert tuple(out.shape) == tuple(ref.shape)
-    out = out.detach().cpu().double()
-    assert torch.isfinite(out).all(), "non-finite (unwritten?) outputs"
-    err = (out - ref).abs()
-    bound = tol * ref.abs().max().clamp_min(1.0) + tol * ref.abs()
-    worst = (err - bound).max().item()
-    assert worst <= 0, f"max abs error {err.max().item():.3e} exceeds tolerance {tol:g} (by {worst:.3e})"
 
 
 def _backend_available(name: str) -> bool:
@@ -166,20 +105,20 @@ def _layout_ok(x: torch.Tensor, out: torch.Tensor) -> bool:
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_float32_matches_float64_reference(backend, op, case):
     assert dispatch.cuda_kernel(op) is not None, f"backend {backend} resolved to the unfused chain"
-    x, weights, bias = _make_inputs(op, case, torch.float32)
+    x, weights, bias = make_inputs(op, case, torch.float32, device=DEVICE)
     out = _run_op(op, x, weights, bias, case)
     assert out.device == x.device and out.dtype == x.dtype and _layout_ok(x, out)
-    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE["float32"])
+    assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE["float32"])
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=str)
 def test_low_precision_matches_float64_reference(backend, op, dtype, case):
-    x, weights, bias = _make_inputs(op, case, DTYPES[dtype], seed=1)
+    x, weights, bias = make_inputs(op, case, DTYPES[dtype], seed=1, device=DEVICE)
     out = _run_op(op, x, weights, bias, case)
     assert out.dtype == DTYPES[dtype] and _layout_ok(x, out)
-    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE[dtype])
+    assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -187,7 +126,7 @@ def test_tf32_when_allowed(op):
     if not _backend_available("triton"):
         pytest.skip("triton is not available")
     case = CASES[5]
-    x, weights, bias = _make_inputs(op, case, torch.float32, seed=2)
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=2, device=DEVICE)
     restore = _set_tf32(True)
     mtd_kernels.set_cuda_backend("triton")
     try:
@@ -195,7 +134,7 @@ def test_tf32_when_allowed(op):
     finally:
         mtd_kernels.set_cuda_backend(None)
         restore()
-    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE["tf32"])
+    assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE["tf32"])
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -206,14 +145,14 @@ def test_triton_masks_write_every_output_and_nothing_else(op):
     import mtd_kernels.triton as mtd_triton
 
     case = Case(3, 17, (9, 10), 5, 17, (3, 3), stride=(2, 1), padding=(2, 1), relu=True)
-    x, weights, bias = _make_inputs(op, case, torch.float32, seed=3)
-    ref = _reference(op, x, weights, bias, case)
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=3, device=DEVICE)
+    ref = reference_output(op, x, weights, bias, case)
     n, t, ho, wo = ref.shape
     buffer = torch.full((n + 1, t + 3, ho + 2, wo + 5), float("nan"), device=DEVICE)
     view = (slice(1, None), slice(2, t + 2), slice(1, ho + 1), slice(3, wo + 3))
     getattr(mtd_triton, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu,
                             allow_tf32=False, out=buffer[view])
-    _assert_close(buffer[view], ref, TOLERANCE["float32"])
+    assert_close(buffer[view], ref, TOLERANCE["float32"])
     outside = torch.ones_like(buffer, dtype=torch.bool)
     outside[view] = False
     assert torch.isnan(buffer[outside]).all(), "the kernel wrote outside its output"
@@ -222,7 +161,7 @@ def test_triton_masks_write_every_output_and_nothing_else(op):
 @pytest.mark.parametrize("op", OPS)
 def test_backward_matches_reference(backend, op):
     case = CASES[0]
-    x, weights, bias = _make_inputs(op, case, torch.float32, seed=4)
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=4, device=DEVICE)
     leaves = [t.detach().requires_grad_() for t in (x, *weights, bias)]
     out = getattr(mtd_kernels, op)(*leaves, case.stride, case.padding, case.dilation, case.relu)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
@@ -232,13 +171,13 @@ def test_backward_matches_reference(backend, op):
     ref = getattr(reference, f"{op}_ref")(*ref_leaves, case.stride, case.padding, case.dilation, case.relu)
     ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out.cpu().double())
     for g, rg in zip(grads, ref_grads):
-        _assert_close(g, rg, 1e-4)
+        assert_close(g, rg, 1e-4)
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck_on_cuda(backend, op):
     case = CASES[0]
-    x, weights, bias = _make_inputs(op, case, torch.float32, seed=6)
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=6, device=DEVICE)
     args = (x.requires_grad_(), *[w.requires_grad_() for w in weights], bias,
             list(case.stride), list(case.padding), list(case.dilation), case.relu)
     torch.library.opcheck(getattr(torch.ops.mtd, op).default, args)
@@ -247,7 +186,7 @@ def test_opcheck_on_cuda(backend, op):
 @pytest.mark.parametrize("op", OPS)
 def test_torch_compile_fullgraph(backend, op):
     case = CASES[1]
-    x, weights, bias = _make_inputs(op, case, torch.float32, seed=7)
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=7, device=DEVICE)
 
     def layer(inp: torch.Tensor) -> torch.Tensor:
         return torch.relu(getattr(mtd_kernels, op)(inp, *weights, bias, case.stride, case.padding,
@@ -255,7 +194,7 @@ def test_torch_compile_fullgraph(backend, op):
 
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True)
-    _assert_close(compiled(x), layer(x).cpu().double(), 1e-6)
+    assert_close(compiled(x), layer(x).cpu().double(), 1e-6)
 
 
 @pytest.mark.slow
@@ -268,6 +207,6 @@ def test_triton_autotuned_configs_are_correct(op, monkeypatch):
 
     monkeypatch.setenv("MTD_TRITON_AUTOTUNE", "1")
     case = CASES[6]
-    x, weights, bias = _make_inputs(op, case, torch.float16, seed=8)
+    x, weights, bias = make_inputs(op, case, torch.float16, seed=8, device=DEVICE)
     out = getattr(mtd_triton, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu)
-    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE["float16"])
+    assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE["float16"])

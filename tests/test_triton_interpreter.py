@@ -16,9 +16,7 @@ import importlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 import torch
@@ -26,7 +24,7 @@ import torch
 pytest.importorskip("triton")
 
 from mtd_kernels import dispatch  # noqa: E402
-from mtd_kernels import reference  # noqa: E402
+from _op_cases import DTYPES, OPS, Case, assert_close, make_inputs, reference_output  # noqa: E402
 
 
 def _interpreter_active() -> bool:
@@ -46,7 +44,6 @@ interpreted = pytest.mark.skipif(
 
 # max |err| <= TOL * max|ref| + TOL * |ref|, against a float64 reference on the same (rounded) inputs
 TOLERANCE = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @pytest.mark.skipif(IN_INTERPRETER, reason="already inside the interpreter process")
@@ -77,22 +74,6 @@ def tk():
     return importlib.import_module("mtd_kernels.triton")
 
 
-@dataclass(frozen=True)
-class Case:
-    n: int
-    s: int
-    hw: Tuple[int, int]
-    r: int
-    t: int
-    kernel: Tuple[int, int]
-    stride: Tuple[int, int] = (1, 1)
-    padding: Tuple[int, int] = (0, 0)
-    dilation: Tuple[int, int] = (1, 1)
-    layout: str = "nchw"  # nchw | channels_last | strided (a non-contiguous view)
-    bias: bool = True
-    relu: bool = False
-
-
 # Awkward on purpose: odd channels (3, 17 > one 16-block), ranks 1/5/17, stride 2, padding 0/2,
 # dilation 2, kernels 1x1/3x3/5x5/1x3, batch 1 and 3, pixel counts that are not multiples of 16.
 CASES = [
@@ -104,46 +85,6 @@ CASES = [
          relu=True),
 ]
 LOW_PRECISION_CASES = CASES[:2]
-OPS = ("cp_conv2d", "cp4_conv2d", "tucker_conv2d")
-
-
-def _factor_shapes(op: str, c: Case):
-    kh, kw = c.kernel
-    if op == "cp_conv2d":
-        return [(c.r, c.s, 1, 1), (c.r, 1, kh, kw), (c.t, c.r, 1, 1)]
-    if op == "cp4_conv2d":
-        return [(c.r, c.s, 1, 1), (c.r, 1, kh, 1), (c.r, 1, 1, kw), (c.t, c.r, 1, 1)]
-    r2 = c.r + 2  # R1 != R2 catches swapped core indices
-    return [(c.r, c.s, 1, 1), (r2, c.r, kh, kw), (c.t, r2, 1, 1)]
-
-
-def _make_inputs(op: str, c: Case, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    if c.layout == "strided":  # every other column of a wider tensor: no contiguous layout at all
-        x = torch.randn(c.n, c.s, c.hw[0], 2 * c.hw[1], generator=g)[..., ::2]
-    else:
-        x = torch.randn(c.n, c.s, *c.hw, generator=g)
-        if c.layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    weights = [torch.randn(*shape, generator=g) / shape[1] ** 0.5 for shape in _factor_shapes(op, c)]
-    bias = torch.randn(c.t, generator=g) if c.bias else None
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return cast(x), [cast(w) for w in weights], cast(bias)
-
-
-def _reference(op: str, x, weights, bias, c: Case) -> torch.Tensor:
-    as64 = lambda t: None if t is None else t.double()  # noqa: E731
-    return getattr(reference, f"{op}_ref")(as64(x), *[as64(w) for w in weights], as64(bias),
-                                           c.stride, c.padding, c.dilation, c.relu)
-
-
-def _assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
-    assert out.shape == ref.shape
-    assert torch.isfinite(out).all(), "the kernel left unwritten (NaN/garbage) or non-finite outputs"
-    err = (out.double() - ref).abs()
-    bound = tol * ref.abs().max().clamp_min(1.0) + tol * ref.abs()
-    worst = (err - bound).max().item()
-    assert worst <= 0, f"max abs error {err.max().item():.3e} exceeds tolerance {tol:g} (by {worst:.3e})"
 
 
 def _expected_layout_ok(x: torch.Tensor, out: torch.Tensor) -> bool:
@@ -155,10 +96,10 @@ def _expected_layout_ok(x: torch.Tensor, out: torch.Tensor) -> bool:
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.kernel[0]}x{c.kernel[1]}-{c.layout}")
 def test_float32_matches_reference(tk, op, case):
-    x, weights, bias = _make_inputs(op, case, torch.float32)
+    x, weights, bias = make_inputs(op, case, torch.float32)
     out = getattr(tk, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu,
                           allow_tf32=False)
-    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE["float32"])
+    assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE["float32"])
     assert _expected_layout_ok(x, out)
 
 
@@ -167,18 +108,18 @@ def test_float32_matches_reference(tk, op, case):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: f"{c.kernel[0]}x{c.kernel[1]}-{c.layout}")
 def test_low_precision_matches_float64_reference(tk, op, dtype, case):
-    x, weights, bias = _make_inputs(op, case, DTYPES[dtype], seed=1)
+    x, weights, bias = make_inputs(op, case, DTYPES[dtype], seed=1)
     out = getattr(tk, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu)
     assert out.dtype == DTYPES[dtype]
-    _assert_close(out, _reference(op, x, weights, bias, case), TOLERANCE[dtype])
+    assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE[dtype])
 
 
 @interpreted
 def test_tf32_path_runs(tk):
     case = CASES[0]
-    x, weights, bias = _make_inputs("cp_conv2d", case, torch.float32, seed=2)
+    x, weights, bias = make_inputs("cp_conv2d", case, torch.float32, seed=2)
     out = tk.cp_conv2d(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu, allow_tf32=True)
-    _assert_close(out, _reference("cp_conv2d", x, weights, bias, case), TOLERANCE["tf32"])
+    assert_close(out, reference_output("cp_conv2d", x, weights, bias, case), TOLERANCE["tf32"])
 
 
 @interpreted
@@ -186,15 +127,15 @@ def test_tf32_path_runs(tk):
 def test_masks_write_every_output_and_nothing_else(tk, op):
     """Write into a strided view of a NaN buffer: all of the view must be set, none of the rest."""
     case = Case(3, 17, (5, 6), 5, 17, (3, 3), stride=(2, 1), padding=(2, 1), relu=True)
-    x, weights, bias = _make_inputs(op, case, torch.float32, seed=3)
-    ref = _reference(op, x, weights, bias, case)
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=3)
+    ref = reference_output(op, x, weights, bias, case)
     n, t, ho, wo = ref.shape
     buffer = torch.full((n + 1, t + 3, ho + 2, wo + 5), float("nan"))
     out = buffer[1:, 2 : t + 2, 1 : ho + 1, 3 : wo + 3]
     result = getattr(tk, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu,
                              allow_tf32=False, out=out)
     assert result.data_ptr() == out.data_ptr()
-    _assert_close(out, ref, TOLERANCE["float32"])
+    assert_close(out, ref, TOLERANCE["float32"])
     outside = torch.ones_like(buffer, dtype=torch.bool)
     outside[1:, 2 : t + 2, 1 : ho + 1, 3 : wo + 3] = False
     assert torch.isnan(buffer[outside]).all(), "the kernel wrote outside its output"
@@ -202,7 +143,7 @@ def test_masks_write_every_output_and_nothing_else(tk, op):
 
 @interpreted
 def test_bad_inputs_raise_clear_errors(tk, monkeypatch):
-    x, weights, bias = _make_inputs("cp_conv2d", CASES[0], torch.float32)
+    x, weights, bias = make_inputs("cp_conv2d", CASES[0], torch.float32)
     with pytest.raises(TypeError, match="float64"):
         tk.cp_conv2d(x.double(), *[w.double() for w in weights], None, 1, 1, 1, False)
     with pytest.raises(ValueError, match="out must have shape"):
@@ -230,18 +171,18 @@ def test_import_never_queries_the_gpu(tk, monkeypatch):
 def test_dispatch_runs_triton_and_falls_back_for_float64(tk, monkeypatch):
     monkeypatch.setattr(dispatch, "_cuda_kernel", lambda op: None)  # no CUDA extension on this path
     case = CASES[0]
-    x, weights, bias = _make_inputs("cp_conv2d", case, torch.float32, seed=4)
+    x, weights, bias = make_inputs("cp_conv2d", case, torch.float32, seed=4)
     args = (bias, list(case.stride), list(case.padding), list(case.dilation), case.relu)
     try:
         for backend in ("triton", "auto"):
             dispatch.set_cuda_backend(backend)
             kernel = dispatch.cuda_kernel("cp_conv2d")
             assert kernel is not None
-            _assert_close(kernel(x, *weights, *args), _reference("cp_conv2d", x, weights, bias, case), 1e-4)
+            assert_close(kernel(x, *weights, *args), reference_output("cp_conv2d", x, weights, bias, case), 1e-4)
         as64 = [w.double() for w in weights]
         out64 = kernel(x.double(), *as64, bias.double(), *args[1:])  # Triton has no fp64: the chain runs
         assert out64.dtype == torch.float64
-        _assert_close(out64, _reference("cp_conv2d", x, weights, bias, case), 1e-12)
+        assert_close(out64, reference_output("cp_conv2d", x, weights, bias, case), 1e-12)
         dispatch.set_cuda_backend("torch")
         assert dispatch.cuda_kernel("cp_conv2d") is None
     finally:
