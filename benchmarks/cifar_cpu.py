@@ -1,18 +1,27 @@
 #!/usr/bin/env python
-"""CIFAR-10 on the CPU (~25-30 min on 2 cores at the defaults): VGG11 width 1/4 baseline, then MTD at
-1% max drop and the CP-only / Tucker-only baselines (EVBMF ranks, and uniform ranks at the compression MTD
-reached), each fine-tuned for the same epochs.
+"""CIFAR-10 frontier on the CPU: accuracy vs compression of MTD, CP-only and Tucker-only, same fine-tuning.
 
-Results (baseline acc, acc, drop, parameter and FLOPs ratios, CPU latency at batch 1 with the fused ops
-vs the dense model) go to ``benchmarks/results/cifar_cpu_<host>.{json,md}``.
+Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restarted run skips finished steps):
 
-Quick smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subset 3000 --grid small
+1. baseline: VGG11 (width ``--width``) trained ``--epochs`` epochs (checkpoint cached under ``runs/``);
+2. control: the dense baseline fine-tuned with the same schedule as every compressed model (fine-tuning
+   alone can lift a short-trained baseline; drops are reported against the baseline and the better of both);
+3. mtd-budget: ``mtd.compress`` with ``--max-drop`` (the search of ``mtd.planner.search``);
+4. for each ratio in ``--ratios``: MTD at that target ratio, CP-uniform and Tucker-uniform at the same ratio.
+
+Every compressed model is fine-tuned ``--finetune-epochs`` epochs (distilled from the baseline) and evaluated
+on the 10,000 test images. ~35 min on 2 cores at the defaults.
+
+Smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subset 3000 --grid tiny --ratios 4
 """
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,41 +35,224 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=15, help="baseline training epochs")
     p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--methods", default="mtd,cp-vbmf,tucker-vbmf,cp-uniform,tucker-uniform",
-                   help="the *-uniform baselines compress every conv at --uniform-ratio")
-    p.add_argument("--uniform-ratio", type=float, default=None,
-                   help="per-layer ratio of the *-uniform baselines (default: the ratio MTD reached in this run)")
+    p.add_argument("--ratios", default="4,8,16", help="ratios of the accuracy-vs-compression curves")
     p.add_argument("--max-drop", type=float, default=1.0)
-    p.add_argument("--grid", default="full", choices=("full", "small", "coarse"))
+    p.add_argument("--confidence", type=float, default=0.8)
+    p.add_argument("--holdout", type=int, default=5000, help="held-out training images that verify the budget")
+    p.add_argument("--grid", default="full", choices=("full", "small", "coarse", "tiny"))
     p.add_argument("--subset", type=int, default=None, help="use only this many training images (smoke runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default="runs/cifar_cpu_cache", help="decompositions and candidate scores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stem", default=None, help="results file name (default cifar_cpu[_subsetN])")
+    p.add_argument("--baseline-only", action="store_true", help="train (or load) the cached baseline and stop")
     args = p.parse_args(argv)
 
-    from mtd.data import CIFAR10Arrays, load_cifar10
-    from mtd.report.experiment import ExperimentConfig, run_experiment, write_results
+    from mtd.data import CIFAR10Arrays, TensorDataLoader, load_cifar10
+    from mtd.report.experiment import machine_description
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    arrays = load_cifar10(args.data, cache_dir=args.cache_dir)
-    tag = ""
+    arrays = load_cifar10(args.data)
+    stem = args.stem or "cifar_cpu"
     if args.subset:
         idx = np.sort(np.random.default_rng(args.seed).permutation(len(arrays.train_y))[:args.subset])
         arrays = CIFAR10Arrays(arrays.train_x[idx], arrays.train_y[idx], arrays.test_x, arrays.test_y, arrays.classes)
-        tag = f"_subset{args.subset}"
-    cfg = ExperimentConfig(model=args.model, width=args.width, train_epochs=args.epochs,
-                           methods=tuple(m for m in args.methods.split(",") if m), max_drop=args.max_drop,
-                           finetune_epochs=args.finetune_epochs, grid=args.grid, latency_batches=(1,),
-                           latency_device="cpu", seed=args.seed, uniform_ratio=args.uniform_ratio,
-                           holdout_size=min(2000, len(arrays.train_y) // 10), calib_size=1024)
-    results = run_experiment(arrays, cfg, torch.device("cpu"))
-    host = socket.gethostname().split(".")[0]
-    js, md = write_results(results, args.out, f"cifar_cpu_{host}{tag}",
-                           f"CIFAR-10 on CPU: {args.model} width {args.width}")
-    print(md.read_text())
-    print(f"wrote {js} and {md}")
+        stem = args.stem or f"cifar_cpu_subset{args.subset}"
+    if args.baseline_only:
+        _baseline(arrays, args, torch.device("cpu"))
+        return 0
+    out = Path(args.out)
+    json_path = out / f"{stem}.json"
+    results = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    if results.get("args") not in (None, vars(args)):  # a resumed run must be the same experiment
+        print(f"{json_path} was made with other arguments; starting over")
+        results = {}
+    results.setdefault("args", vars(args))
+    results.setdefault("machine", machine_description(torch.device("cpu")))
+    results.setdefault("steps", {})
+    steps = results["steps"]
+    device = torch.device("cpu")
+    test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device)
+    t_run, prior_seconds = time.perf_counter(), results.get("wall_seconds", 0.0)  # a resumed run adds up
+
+    def save() -> None:
+        results["wall_seconds"] = prior_seconds + time.perf_counter() - t_run
+        write_results(results, out, stem)
+
+    baseline = _baseline(arrays, args, device)
+    if "baseline" not in steps:
+        steps["baseline"] = {"accuracy": _test_accuracy(baseline, test), "params": _params(baseline),
+                             "epochs": args.epochs}
+        save()
+    if "control" not in steps:
+        steps["control"] = _control(baseline, arrays, args, device, test)
+        save()
+    reference = max(steps["baseline"]["accuracy"], steps["control"]["accuracy"])
+    results["reference_accuracy"] = reference
+    jobs = [("mtd-budget", "mtd", None)]
+    for r in [float(x) for x in args.ratios.split(",") if x]:
+        jobs += [(f"mtd@{r:g}", "mtd", r), (f"cp-uniform@{r:g}", "cp-uniform", r),
+                 (f"tucker-uniform@{r:g}", "tucker-uniform", r)]
+    for name, method, ratio in jobs:
+        if name in steps:
+            continue
+        steps[name] = _compress_step(baseline, arrays, args, device, test, method, ratio)
+        print(f"{name}: {steps[name]['param_ratio']:.2f}x, test {steps[name]['accuracy']:.2f}% "
+              f"(drop {steps['baseline']['accuracy'] - steps[name]['accuracy']:+.2f}), {steps[name]['seconds']:.0f} s")
+        save()
+    save()
+    print((out / f"{stem}.md").read_text())
     return 0
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _test_accuracy(model, test) -> float:
+    from mtd.train import evaluate
+
+    return 100.0 * evaluate(model, test)["accuracy"]
+
+
+def _baseline(arrays, args, device):
+    """The trained baseline, from its cached checkpoint when one exists."""
+    from mtd.data import TensorDataLoader
+    from mtd.models import build_model, load_model, save_checkpoint
+    from mtd.train import train
+
+    path = Path("runs") / f"{args.model}_w{args.width:g}_e{args.epochs}_s{args.seed}_n{len(arrays.train_y)}.pt"
+    if path.is_file():
+        return load_model(path).to(device).eval()
+    model = build_model(args.model, num_classes=len(arrays.classes), width=args.width).to(device)
+    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=args.seed)
+    train(model, loader, epochs=args.epochs, lr=0.1, seed=args.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, model_name=args.model,
+                    model_kwargs={"width": args.width, "num_classes": len(arrays.classes)})
+    return model.eval()
+
+
+def _control(baseline, arrays, args, device, test) -> dict:
+    """The dense baseline through the same fine-tuning (distilled from itself, all training images)."""
+    import copy
+
+    from mtd.data import TensorDataLoader
+    from mtd.train.finetune import finetune
+
+    t0 = time.perf_counter()
+    model = copy.deepcopy(baseline)
+    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=args.seed)
+    finetune(model, loader, epochs=args.finetune_epochs, lr=0.01, teacher=baseline, seed=args.seed)
+    return {"accuracy": _test_accuracy(model.eval(), test), "seconds": time.perf_counter() - t0,
+            "finetune_epochs": args.finetune_epochs}
+
+
+def _compress_step(baseline, arrays, args, device, test, method, ratio) -> dict:
+    from mtd.planner import CompressConfig, compress
+
+    t0 = time.perf_counter()
+    cfg = CompressConfig(method=method, max_drop=args.max_drop if ratio is None else None, target_ratio=ratio,
+                         confidence=args.confidence, grid=args.grid, holdout_size=args.holdout,
+                         finetune_epochs=args.finetune_epochs, seed=args.seed, cache_dir=args.cache_dir)
+    compressed, plan = compress(baseline, arrays, cfg, device=device)
+    r = plan.results
+    row = {"method": method, "target_ratio": ratio, "param_ratio": r["model_param_ratio"],
+           "flops_ratio": plan.totals()["flops_ratio"], "accuracy": _test_accuracy(compressed, test),
+           "seconds": time.perf_counter() - t0, "finetune_epochs": args.finetune_epochs, "seed": args.seed,
+           "verdict": r["verdict"], "verification": r.get("verification"),
+           "layers": [{"name": l.name, "method": l.method, "ranks": l.ranks, "params_before": l.params_before,
+                       "params_after": l.params_after} for l in plan.layers]}
+    if "search" in r:
+        row["search"] = r["search"]
+    return row
+
+
+# -- reporting ------------------------------------------------------------------------------------------------
+def write_results(results: dict, out: Path, stem: str) -> None:
+    from mtd.utils import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / f"{stem}.json", "w") as f:
+        json.dump(results, f, indent=1)
+    _plot(results, out / f"{stem}.png")
+    with atomic_write(out / f"{stem}.md", "w") as f:
+        f.write(_markdown(results, stem))
+
+
+def _markdown(results: dict, stem: str) -> str:
+    a, m, steps = results["args"], results["machine"], results["steps"]
+    base = steps.get("baseline", {}).get("accuracy")
+    ref = results.get("reference_accuracy", base)
+    lines = [f"# CIFAR-10 frontier on the CPU: {a['model']} width {a['width']}", "",
+             f"Machine: {m['cpu']} (host {m['host']}, torch {m['torch']}, {m['torch_threads']} threads). "
+             f"Baseline trained {a['epochs']} epochs; every compressed model and the dense control fine-tuned "
+             f"{a['finetune_epochs']} epochs (distilled from the baseline); seed {a['seed']}; candidate grid "
+             f"`{a['grid']}`; budget {a['max_drop']} point at confidence {a['confidence']} on {a['holdout']} "
+             f"held-out training images. Wall time {results.get('wall_seconds', 0) / 60:.1f} min. "
+             f"Test accuracy on the 10,000 test images.", ""]
+    if base is not None:
+        lines.append(f"Baseline {base:.2f}%"
+                     + (f", dense control {steps['control']['accuracy']:.2f}%" if "control" in steps else "")
+                     + "; drops are against the baseline and against the better of the two.")
+        lines.append("")
+    lines += ["| step | method | target | params | FLOPs | test acc (%) | drop vs baseline | drop vs best dense | "
+              "held-out drop (+margin) | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in steps.items():
+        if name in ("baseline", "control"):
+            continue
+        v = s.get("verification") or {}
+        held = f"{v['drop']:+.2f} (+{v['margin']:.2f})" if v else ""
+        lines.append(f"| {name} | {s['method']} | {s['target_ratio'] or 'budget'} | {s['param_ratio']:.2f}x | "
+                     f"{s['flops_ratio']:.2f}x | {s['accuracy']:.2f} | {base - s['accuracy']:+.2f} | "
+                     f"{ref - s['accuracy']:+.2f} | {held} | {s['seconds']:.0f} |")
+    budget = steps.get("mtd-budget")
+    if budget:
+        lines += ["", f"**mtd-budget**: {budget['verdict']}", "", "| layer | method | ranks | params before | after |",
+                  "|---|---|---|---|---|"]
+        for l in budget["layers"]:
+            lines.append(f"| {l['name']} | {l['method']} | {l['ranks']} | {l['params_before']} | {l['params_after']} |")
+        if "search" in budget:
+            lines += ["", "Search (probes: short fine-tune, drop on calibration images; rounds: full fine-tune, "
+                      "verified on held-out images):", ""]
+            lines += [f"- probe {p['index']}: {p['ratio']:.2f}x, calibration drop {p['calibration_drop']:+.2f}"
+                      for p in budget["search"]["probes"]]
+            lines += [f"- round at {r['index']}: {r['ratio']:.2f}x, held-out drop {r['drop']:+.2f} "
+                      f"(+{r['margin']:.2f}) -> {'pass' if r['passed'] else 'fail'}" for r in budget["search"]["rounds"]]
+    lines += ["", f"![accuracy vs compression]({stem}.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = results["steps"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method, style in (("mtd", "o-"), ("cp-uniform", "s--"), ("tucker-uniform", "^--")):
+        pts = sorted((s["param_ratio"], s["accuracy"]) for n, s in steps.items()
+                     if n not in ("baseline", "control", "mtd-budget") and s["method"] == method)
+        if pts:
+            ax.plot(*zip(*pts), style, label=f"{method} (target ratios)")
+    if "mtd-budget" in steps:
+        s = steps["mtd-budget"]
+        ax.plot([s["param_ratio"]], [s["accuracy"]], "r*", markersize=14, label="mtd, budget search")
+    if "baseline" in steps:
+        base = steps["baseline"]["accuracy"]
+        ax.axhline(base, color="gray", lw=1, label="dense baseline")
+        ax.axhline(base - results["args"]["max_drop"], color="gray", lw=1, ls=":", label="baseline - budget")
+    if "control" in steps:
+        ax.axhline(steps["control"]["accuracy"], color="k", lw=1, ls="-.", label="dense control (fine-tuned)")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameter compression (x, log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"CIFAR-10 {results['args']['model']} width {results['args']['width']} ({socket.gethostname()})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

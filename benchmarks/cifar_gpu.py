@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         remaining = args.time_budget - (time.perf_counter() - t0)
         if args.smoke:
             cfg = ExperimentConfig(model=model, width=0.125, train_epochs=1, batch_size=64, methods=methods,
-                                   finetune_epochs=1, calib_size=64, holdout_size=64, max_rounds=1, grid="tiny",
+                                   finetune_epochs=1, calib_size=64, holdout_size=64, search_rounds=1, grid="tiny",
                                    cp_n_iter_max=10, latency_batches=(1,), latency_device="cpu", seed=args.seed)
             data = subsample(arrays, args.smoke_images, max(args.smoke_images // 3, 50), args.seed)
         else:
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             cfg = ExperimentConfig(model=model, width=1.0, train_epochs=int(epochs.get(model, 20)),
                                    train_lr=args.lr, batch_size=args.batch_size, methods=methods,
                                    finetune_epochs=args.finetune_epochs, calib_size=2048, holdout_size=5000,
-                                   max_rounds=2, grid="coarse", cp_n_iter_max=30, latency_batches=(1, 256),
+                                   search_rounds=2, grid="coarse", cp_n_iter_max=30, latency_batches=(1, 256),
                                    latency_device="same", seed=args.seed,
                                    time_budget_s=share)
             data = arrays

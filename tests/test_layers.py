@@ -9,7 +9,8 @@ from torch import nn
 
 from mtd.decompose import max_cp_rank, max_tucker_ranks
 from mtd.layers import (CP4Conv2d, CPConv2d, LowRankLinear, TuckerConv2d, conv_flops, fold_batchnorm,
-                        fold_batchnorm_into, get_module, iter_compressible, num_parameters, replace_module)
+                        fold_batchnorm_into, get_module, compressible_layers, is_compressible, num_parameters,
+                        replace_module, unsupported_reason)
 from mtd_kernels import reference
 
 pytestmark = [
@@ -256,9 +257,10 @@ def _model():
 
 def test_surgery_on_nested_model():
     model = _model().eval()
-    names = [n for n, _ in iter_compressible(model)]
+    names = [n for n, _ in compressible_layers(model)]
     assert names == ["0", "3.1", "6"]  # the grouped conv 3.0 is skipped
-    assert [n for n, _ in iter_compressible(model, include_unsupported=True)] == ["0", "3.0", "3.1", "6"]
+    assert [n for n, _ in compressible_layers(model, lambda m, n: isinstance(m, nn.Conv2d))] == ["0", "3.1"]
+    assert not is_compressible(model[3][0]) and "groups=2" in unsupported_reason(model[3][0])
     x = torch.randn(2, 3, 9, 9)
     target = get_module(model, "3.1")
     assert target is model[3][1] and get_module(model, "") is model
@@ -266,7 +268,8 @@ def test_surgery_on_nested_model():
     dense_of_layer = layer.to_dense()
     old = replace_module(model, "3.1", layer)
     assert old is target and model[3][1] is layer
-    assert [n for n, _ in iter_compressible(model)] == ["0", "6"]  # nothing inside the CP layer
+    assert [n for n, _ in compressible_layers(model)] == ["0", "6"]  # nothing inside the CP layer
+    assert "already decomposed" in unsupported_reason(layer)
     replace_module(model, "6", LowRankLinear.from_linear(model[6], 10))
     out = model(x)
     model[3][1] = dense_of_layer

@@ -1,4 +1,5 @@
-"""Planner: EVBMF, plan JSON, thesis rule, budgeted selection and exact rebuild from a plan.
+"""Planner: EVBMF, plan JSON, config, thesis rule, the frontier search, the budget promise and its fallback,
+bad input, and exact rebuild from a plan.
 
 Everything runs on a tiny CNN whose conv weights are built with known structure: one layer is
 exactly low CP rank, another exactly low Tucker-2 rank, so the right answers are known.
@@ -12,10 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from mtd.planner import CandidateGrid, LayerPlan, Plan, apply_plan, compress, evbmf_rank, vbmf_tucker_ranks
+from mtd.planner import (BudgetNotMetError, CandidateGrid, CompressConfig, LayerPlan, Plan, apply_plan, compress,
+                         evbmf_rank, vbmf_tucker_ranks)
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks
 from mtd.planner.layer_factory import set_backend
-from mtd.planner.select import Scored, assignment_path, search_budget
+from mtd.planner.search import FrontierSearch, bisect_most_compressed
+from mtd.planner.select import Scored, assignment_path
+from mtd.planner.verify import Verification, verify
 from mtd.planner.candidates import Candidate
 
 GRID = CandidateGrid(cp_ratios=(2, 4, 8, 16), cp4_ratios=(8,), tucker_fractions=(0.5, 0.25), svd_ratios=(2,))
@@ -125,8 +129,8 @@ def test_plan_json_round_trip(tmp_path):
         Plan.load(tmp_path / "bad.json")
 
 
-# --- selection ---------------------------------------------------------------------------------------------
-def test_budget_search_picks_most_compressed_acceptable():
+# --- selection and search ----------------------------------------------------------------------------------
+def test_assignment_path_goes_from_compressed_to_dense():
     opts = {"a": [Scored(Candidate("dense"), 100, 0), Scored(Candidate("cp", (4,)), 10, 0, loss=0.5),
                   Scored(Candidate("cp", (8,)), 20, 0, loss=0.05)],
             "b": [Scored(Candidate("dense"), 100, 0), Scored(Candidate("cp", (2,)), 5, 0, loss=0.01)]}
@@ -134,55 +138,185 @@ def test_budget_search_picks_most_compressed_acceptable():
     a_params = [a["a"].params for a in path]
     assert a_params[0] == 10 and a_params[-1] == 100 and a_params == sorted(a_params)  # compressed -> dense
     assert path[0]["b"].params == 5 and path[-1]["b"].method == "dense"
-    # accept only assignments whose summed loss increase is below 0.1
-    _, chosen = search_budget(path, lambda a: sum(s.loss for s in a.values()) < 0.1)
-    assert chosen["a"].params == 20 and chosen["b"].params == 5
+
+
+def test_bisect_most_compressed():
+    ok = lambda i: i >= 7  # noqa: E731
+    assert bisect_most_compressed(0, 20, ok) == 7
+    assert bisect_most_compressed(8, 20, ok) == 8
+    assert bisect_most_compressed(0, 5, ok) is None
+    assert bisect_most_compressed(3, 2, ok) is None
+
+
+def _fake_search(true_drop, max_drop=1.0, rounds=3, recovery=0.5):
+    """A search over indices 0..len-1 whose probe drop is ``true_drop[i] + recovery`` and whose fine-tuned,
+    verified drop is ``true_drop[i]`` (margin 0.2)."""
+
+    def probe(i):
+        model = nn.Identity()
+        model.index = i
+        return true_drop[i] + recovery, model
+
+    def finish(model):
+        d = true_drop[model.index]
+        return Verification(1000, 90.0, 90.0 - d, d, 0.25, 0.2, max_drop)
+
+    search = FrontierSearch(len(true_drop), ratio=lambda i: 20.0 / (i + 1), probe=probe, finish=finish,
+                            max_drop=max_drop, rounds=rounds, log=lambda m: None)
+    return search, search.run()
+
+
+def test_frontier_search_finds_most_compressed_passing_index():
+    drops = [9.0, 6.0, 3.0, 1.5, 0.7, 0.5, 0.3, 0.2, 0.1, 0.0]  # passes (drop + 0.2 <= 1) from index 4 on
+    search, best = _fake_search(drops)
+    assert best is not None and best.index == 4 and best.verification.passed
+    assert all(r.verification.passed == (r.index >= 4) for r in search.history)
+
+
+def test_frontier_search_moves_toward_less_compression_after_a_failure():
+    # probes look fine (recovery over-estimated at first) but index 2 fails once fine-tuned and verified
+    drops = [9.0, 6.0, 1.1, 0.9, 0.5, 0.2, 0.0]
+    search, best = _fake_search(drops, recovery=-1.0)
+    assert search.history[0].index <= 2 and not search.history[0].verification.passed
+    assert best is not None and best.index == 4  # 0.9 + 0.2 margin > 1.0, 0.5 + 0.2 passes
+
+
+def test_frontier_search_returns_none_when_nothing_passes():
+    search, best = _fake_search([9.0, 8.0, 7.0, 5.0], rounds=3)
+    assert best is None and search.history and not any(r.verification.passed for r in search.history)
+
+
+def test_verify_paired_drop_and_margin():
+    model = nn.Linear(4, 2)
+    x = torch.randn(400, 4)
+    y = model(x).argmax(1).detach()
+    base = torch.ones(400, dtype=torch.bool)
+    batches = [(x[:200], y[:200]), (x[200:], y[200:])]
+    same = verify(model, batches, base, max_drop=0.0, z=1.0)
+    assert same.drop == 0.0 and same.se == 0.0 and same.passed
+    flipped = [(x[:200], 1 - y[:200]), (x[200:], y[200:])]  # half the images now wrong
+    v = verify(model, flipped, base, max_drop=60.0, z=1.0)
+    assert v.drop == pytest.approx(50.0) and v.se == pytest.approx(100 * 0.5 / 400 ** 0.5, rel=0.01)
+    assert v.passed and not verify(model, flipped, base, max_drop=52.0, z=1.0).passed  # 50 + 2.5 margin > 52
+
+
+# --- config ---------------------------------------------------------------------------------------------
+def test_config_validates_and_round_trips():
+    cfg = CompressConfig(max_drop=0.5, grid=GRID, layers=["conv2", "conv3"], mean=[0.5] * 3, std=[0.25] * 3)
+    assert cfg.layers == ("conv2", "conv3")
+    again = CompressConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    for bad, match in [(dict(max_drop=-1), "max_drop"), (dict(max_drop=float("nan")), "max_drop"),
+                       (dict(target_ratio=0.5), "target_ratio"), (dict(method="magic"), "unknown method"),
+                       (dict(method="cp-uniform"), "needs target_ratio"), (dict(confidence=1.0), "confidence"),
+                       (dict(grid="huge"), "unknown candidate grid"), (dict(mean=(0.5,)), "both mean and std"),
+                       (dict(max_drop=None), "needs a target_ratio"), (dict(finetune_epochs=-1), "finetune_epochs")]:
+        with pytest.raises(ValueError, match=match):
+            CompressConfig(**bad)
+    with pytest.raises(TypeError, match="unknown CompressConfig field"):
+        cfg.replace(max_rounds=3)
 
 
 # --- thesis rule --------------------------------------------------------------------------------------------
 def test_thesis_mode_picks_cp_for_cp_layer_and_tucker_for_tucker_layer(tiny):
     model, x, y = tiny
-    _, plan = compress(model, (x, y), method="thesis", max_drop=1.0, calib_size=256, holdout_size=0,
+    _, plan = compress(model, (x, y), method="thesis", max_drop=1.0, calib_size=256, holdout_size=64,
                        finetune_epochs=0, grid=GRID, progress=False, layers=["conv2", "conv3"])
     assert plan.layer("conv2").method == "cp" and plan.layer("conv2").ranks[0] >= 3
     assert plan.layer("conv3").method == "tucker"
     assert plan.layer("conv3").rel_error < 1e-6
 
 
-# --- budgeted MTD + exact rebuild ---------------------------------------------------------------------------
-def test_mtd_respects_budget_and_apply_plan_rebuilds_exactly(tiny, tmp_path):
+# --- the promise, and exact rebuild -------------------------------------------------------------------------
+def test_mtd_keeps_budget_and_apply_plan_rebuilds_exactly(tiny, tmp_path):
     model, x, y = tiny
-    compressed, plan = compress(model, (x, y), method="mtd", max_drop=1.0, calib_size=256, holdout_size=0,
-                                finetune_epochs=0, grid=GRID, progress=False, seed=2, cache_dir=str(tmp_path))
-    rounds = plan.results["rounds"]
-    assert rounds[-1]["calibration_drop"] <= plan.budget["planning_drop"] == 1.0
-    assert plan.totals()["param_ratio"] > 1.5 and plan.results["model_param_ratio"] > 1.0
+    compressed, plan = compress(model, (x, y), method="mtd", max_drop=1.0, confidence=0.8, calib_size=64,
+                                holdout_size=64, finetune_epochs=0, grid=GRID, progress=False, seed=2,
+                                cache_dir=str(tmp_path), layers=["conv2", "conv3"])
+    r = plan.results
+    assert r["within_budget"] and not r["fallback_to_original"]
+    assert r["verification"]["upper"] <= 1.0 and "within budget" in r["verdict"]
+    assert r["search"]["rounds"] and r["search"]["probes"]
+    assert plan.totals()["param_ratio"] > 1.5 and r["model_param_ratio"] > 1.0
     assert {plan.layer("conv2").method, plan.layer("conv3").method} <= {"cp", "cp4", "tucker"}
-    before = {p.data_ptr() for p in model.parameters()}
-    assert before == {p.data_ptr() for p in model.parameters()}  # original untouched
+    assert CompressConfig.from_dict(plan.config).max_drop == 1.0
     plan_path = plan.save(tmp_path / "plan.json")
     rebuilt = apply_plan(model, Plan.load(plan_path), backend="torch")
     set_backend(compressed, "torch")
+    state = compressed.state_dict()  # BN-free model; the short fine-tunes of the probes changed weights
+    rebuilt.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(rebuilt(x[:16]), compressed(x[:16]))
-    # loading a (here: perturbed, as if fine-tuned) state_dict on top of the plan's structure
-    state = {k: v + 1e-3 for k, v in compressed.state_dict().items()}
     skeleton = apply_plan(model, plan, state_dict=state, decompose=False, backend="torch")
-    compressed.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(skeleton(x[:16]), compressed(x[:16]))
+    # the candidate scores were cached: a second run with another budget skips the scoring
+    assert list(tmp_path.glob("scores-*.json"))
 
 
+def test_apply_plan_reproduces_decompositions_bit_exactly(tiny):
+    model, x, y = tiny
+    _, plan = compress(model, (x, y), method="cp-uniform", target_ratio=2.0, max_drop=None, calib_size=64,
+                       holdout_size=64, finetune_epochs=0, progress=False, layers=["conv2", "conv3"])
+    a = apply_plan(model, plan, backend="torch")
+    b = apply_plan(model, plan, backend="torch")
+    with torch.no_grad():
+        assert torch.equal(a(x[:8]), b(x[:8]))
+    assert plan.layer("conv2").method == "cp" and plan.results["verification"]["max_drop"] is None
+
+
+def test_unreachable_budget_returns_the_original_with_a_warning_or_raises_when_strict(tiny):
+    model, x, y = tiny
+    kwargs = dict(method="mtd", max_drop=0.0, confidence=0.95, calib_size=64, holdout_size=64, finetune_epochs=0,
+                  grid=CandidateGrid(cp_ratios=(8, 16), cp4_ratios=(), tucker_fractions=(0.25,), svd_ratios=()),
+                  progress=False, layers=["conv1"], search_rounds=2)
+    with pytest.warns(RuntimeWarning, match="budget NOT met"):
+        out, plan = compress(model, (x, y), **kwargs)
+    assert plan.results["fallback_to_original"] and not plan.results["within_budget"]
+    assert all(l.method == "dense" for l in plan.layers) and plan.results["model_param_ratio"] == 1.0
+    assert plan.results["search"]["rounds"] and not any(r["passed"] for r in plan.results["search"]["rounds"])
+    with torch.no_grad():
+        assert torch.equal(out(x[:8]), model(x[:8]))
+    with pytest.raises(BudgetNotMetError, match="budget NOT met") as info:
+        compress(model, (x, y), strict=True, **kwargs)
+    assert info.value.plan.results["fallback_to_original"]
+
+
+def test_compressed_model_is_not_decomposed_again(tiny):
+    model, x, y = tiny
+    compressed, plan = compress(model, (x, y), method="tucker-uniform", target_ratio=2.0, max_drop=None,
+                                calib_size=64, holdout_size=64, finetune_epochs=0, progress=False,
+                                layers=["conv3"])
+    assert plan.layer("conv3").method == "tucker"
+    _, again = compress(compressed, (x, y), method="mtd", max_drop=5.0, calib_size=64, holdout_size=64,
+                        finetune_epochs=0, grid=GRID, progress=False, search_rounds=1)
+    names = [l.name for l in again.layers]
+    assert "conv3" not in names and not any(n.startswith("conv3.") for n in names)  # not its core either
+
+
+# --- bad input, before any work -------------------------------------------------------------------------------
 def test_compress_rejects_bad_arguments(tiny):
     model, x, y = tiny
     with pytest.raises(ValueError, match="unknown method"):
         compress(model, (x, y), method="magic")
     with pytest.raises(ValueError, match="needs target_ratio"):
         compress(model, (x, y), method="cp-uniform")
+    with pytest.raises(ValueError, match="max_drop"):
+        compress(model, (x, y), max_drop=-1)
     with pytest.raises(ValueError, match="no layer named 'missing'"):
         compress(model, (x, y), layers=["conv1", "missing"])
-    odd = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    with pytest.raises(ValueError, match="'1' \\(BatchNorm2d\\) cannot be compressed"):
+    odd = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    with pytest.raises(ValueError, match=r"'1' \(BatchNorm2d\) cannot be decomposed"):
         compress(odd.eval(), (x, y), layers=["1"])
+    with pytest.raises(ValueError, match="cannot take the images"):
+        compress(odd.eval(), (x[:, :, :8, :8], y))  # 8x8 images do not fit the Linear head
+    with pytest.raises(ValueError, match=r"labels span 1\.\.12 but the model has 10 outputs"):
+        compress(model, (x, torch.where(y == 0, torch.tensor(12), y)))
+    with pytest.raises(ValueError, match="labels span -1"):
+        compress(model, (x, torch.where(y == 0, torch.tensor(-1), y)))
+    with pytest.raises(ValueError, match="single class"):
+        compress(model, (x, torch.zeros_like(y)))
+    with pytest.raises(ValueError, match="holdout_size=0 needs val_data"):
+        compress(model, (x, y), holdout_size=0)
     with pytest.raises(TypeError, match="train_data"):
         compress(model, x)

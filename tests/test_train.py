@@ -188,3 +188,61 @@ def test_train_argument_errors():
         train(tiny(), loader, epochs=0, lr=0.1, **QUIET)
     with pytest.raises(ValueError, match="no batches"):
         train(tiny(), TensorDataLoader(x, y, 32, train=True), epochs=1, lr=0.1, **QUIET)
+
+
+# --- robust fine-tuning ---------------------------------------------------------------------------------------
+def test_warmup_cosine_schedule():
+    total = 100
+    f = [lr_factor("warmup_cosine", s, total, warmup_fraction=0.1) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and max(f) == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10])) and all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_optimizer_lr_scales_make_their_own_groups():
+    from mtd.train.optim import make_optimizer
+
+    model = tiny()
+    first = next(p for p in model.parameters() if p.ndim > 1)
+    opt = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, lr_scales={id(first): 0.5})
+    group = next(g for g in opt.param_groups if any(p is first for p in g["params"]))
+    assert group["lr"] == pytest.approx(0.05) and group["weight_decay"] == 5e-4 and len(group["params"]) == 1
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_finetune_recovers_from_divergence_and_keeps_the_best_state():
+    x, y = synthetic(64)
+    model = tiny()
+    loader = TensorDataLoader(x, y, 16, train=True)
+    eval_loader = TensorDataLoader(x, y, 64, train=False)
+    train(model, loader, epochs=3, lr=0.05, **QUIET)
+    score = lambda m: evaluate(m, eval_loader)["accuracy"]  # noqa: E731
+    before = score(model)
+    history = finetune(model, loader, epochs=2, lr=1e6, eval_fn=score, max_retries=2, max_grad_norm=None, **QUIET)
+    diverged = [h for h in history if "diverged" in h]
+    assert diverged, "a learning rate of 1e6 must diverge"
+    assert diverged[0]["lr"] == 1e6 and all(h["lr"] < 1e6 for h in history[history.index(diverged[0]) + 1:])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert score(model) >= before  # best-on-held-out: never worse than where it started
+
+
+def test_finetune_max_steps_stops_early():
+    x, y = synthetic(64)
+    history = finetune(tiny(), TensorDataLoader(x, y, 16, train=True), epochs=5, lr=0.01, max_steps=3, **QUIET)
+    assert len(history) == 1 and history[0]["epoch"] == pytest.approx(3 / 4)
+
+
+def test_recalibrate_batchnorm_re_estimates_statistics():
+    from mtd.train.finetune import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    bn = model[1]
+    bn.running_mean.fill_(100.0)
+    bn.running_var.fill_(1e-3)
+    x = torch.randn(64, 3, 8, 8)
+    batches = [(x[i:i + 16], None) for i in range(0, 64, 16)]
+    assert recalibrate_batchnorm(model, batches, num_batches=10) == 4
+    with torch.no_grad():
+        h = model[0](x)
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training

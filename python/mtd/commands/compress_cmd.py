@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  trained in {secs:.0f} s -> {out / 'baseline.pt'}")
     baseline = baseline.to(device).eval()
     grid = CandidateGrid.small() if (args.grid or ("small" if quick else "full")) == "small" else CandidateGrid()
-    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    layers = tuple(s.strip() for s in args.layers.split(",")) if args.layers else None
     calib_size = args.calib_size or (512 if quick else 1024)
     finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3)
     try:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             baseline, arrays, max_drop=args.max_drop, target_ratio=args.target_ratio, method=args.method,
             calib_size=calib_size, holdout_size=1000 if quick else 2000, finetune_epochs=finetune_epochs,
             device=device, seed=args.seed, progress=progress, grid=grid, layers=layers,
-            max_rounds=2 if quick else 3)
+            search_rounds=2 if quick else 3)
     except (ValueError, TypeError) as err:  # bad options / unsupported layers: one line, exit 2
         raise CLIError(str(err).splitlines()[0]) from None
     _, test = data_loaders(arrays, 500, device)
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(layer_table(plan))
     r = plan.results
+    print(r["verdict"])
     print(f"test accuracy {base_acc:.2f}% -> {acc:.2f}% (drop {base_acc - acc:+.2f} points); parameters "
           f"{r['model_param_ratio']:.2f}x fewer (whole model), FLOPs {plan.totals()['flops_ratio']:.2f}x fewer "
           f"(conv/linear layers)")

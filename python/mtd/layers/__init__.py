@@ -4,11 +4,14 @@ from .counting import conv_flops, conv_output_hw, linear_flops, module_flops, nu
 from .cp4_conv import CP4Conv2d
 from .cp_conv import CPConv2d
 from .low_rank_linear import LowRankLinear
-from .surgery import fold_batchnorm, fold_batchnorm_into, get_module, iter_compressible, replace_module
+from .compressible import UnsupportedLayerError, check_compressible, is_compressible, unsupported_reason
+from .surgery import (compressible_layers, fold_batchnorm, fold_batchnorm_into, get_module, replace_module,
+                      swapped)
 from .tucker_conv import TuckerConv2d
 
 __all__ = [
     "FactorizedConv2d", "CPConv2d", "CP4Conv2d", "TuckerConv2d", "LowRankLinear",
     "conv_flops", "conv_output_hw", "linear_flops", "module_flops", "num_parameters",
-    "fold_batchnorm", "fold_batchnorm_into", "get_module", "replace_module", "iter_compressible",
+    "fold_batchnorm", "fold_batchnorm_into", "get_module", "replace_module", "compressible_layers", "swapped",
+    "UnsupportedLayerError", "check_compressible", "is_compressible", "unsupported_reason",
 ]

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Tuple, Union
 
-from torch import nn
-
 Pair = Tuple[int, int]
 Padding = Union[Pair, str]  # a pair of ints, or 'same'
 BACKENDS = ("fused", "torch")
@@ -50,15 +48,3 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
-
-
-def check_convertible_conv(conv) -> None:
-    """Only plain nn.Conv2d with groups=1 and zero padding can be decomposed."""
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
-    if conv.groups != 1:
-        raise ValueError(f"cannot decompose a grouped conv (groups={conv.groups}); only groups=1 is supported")
-    if conv.padding_mode != "zeros":
-        raise ValueError(
-            f"cannot decompose a conv with padding_mode={conv.padding_mode!r}; only 'zeros' is supported"
-        )

@@ -9,7 +9,7 @@ from torch import nn
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
 from ..decompose import CP4Factors, check_cp_rank, cp4_decompose_conv
-from ._geometry import check_convertible_conv
+from .compressible import check_conv_for
 from .base import FactorizedConv2d, conv_geometry
 
 
@@ -35,7 +35,7 @@ class CP4Conv2d(FactorizedConv2d):
     def from_conv(cls, conv: nn.Conv2d, rank: int, backend: str = "fused", *, relu: bool = False,
                   factors: Optional[CP4Factors] = None, **decomp_kwargs) -> "CP4Conv2d":
         """Decompose ``conv`` at ``rank`` (or use precomputed ``factors``); kwargs go to cp4_decompose_conv."""
-        check_convertible_conv(conv)
+        check_conv_for(conv, "cp4")
         layer = cls(rank=rank, backend=backend, relu=relu, **conv_geometry(conv))
         if factors is None:
             factors = cp4_decompose_conv(conv.weight, rank, **decomp_kwargs)

@@ -9,7 +9,7 @@ from torch import nn
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
 from ..decompose import CPFactors, check_cp_rank, cp_decompose_conv
-from ._geometry import check_convertible_conv
+from .compressible import check_conv_for
 from .base import FactorizedConv2d, conv_geometry
 
 
@@ -31,7 +31,7 @@ class CPConv2d(FactorizedConv2d):
     def from_conv(cls, conv: nn.Conv2d, rank: int, backend: str = "fused", *, relu: bool = False,
                   factors: Optional[CPFactors] = None, **decomp_kwargs) -> "CPConv2d":
         """Decompose ``conv`` at ``rank`` (or use precomputed ``factors``); kwargs go to cp_decompose_conv."""
-        check_convertible_conv(conv)
+        check_conv_for(conv, "cp")
         layer = cls(rank=rank, backend=backend, relu=relu, **conv_geometry(conv))
         if factors is None:
             factors = cp_decompose_conv(conv.weight, rank, **decomp_kwargs)

@@ -1,12 +1,16 @@
-"""Model surgery: BatchNorm folding, and getting / replacing / listing submodules by dotted name."""
+"""Model surgery: BatchNorm folding; getting, replacing and swapping submodules by dotted name; and the one
+walker that lists the layers mtd can decompose (:func:`compressible_layers`)."""
 from __future__ import annotations
 
-from typing import Iterator, Tuple, Union
+import contextlib
+from typing import Callable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from ._factorized import FactorizedModule
 from .base import FactorizedConv2d
+from .compressible import is_compressible
 from .low_rank_linear import LowRankLinear
 
 DecomposedLayer = Union[FactorizedConv2d, LowRankLinear]
@@ -75,6 +79,13 @@ def fold_batchnorm_into(layer: DecomposedLayer, bn: nn.modules.batchnorm._BatchN
     return layer
 
 
+class NoSuchLayerError(KeyError, ValueError):
+    """A dotted layer name that does not exist in the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule at dotted ``name`` ('' is the model itself; Sequential indices like 'features.3')."""
     module = model
@@ -84,7 +95,8 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         children = module._modules
         if part not in children or children[part] is None:
             where = ".".join(name.split(".")[:depth]) or "the model"
-            raise KeyError(f"no submodule {name!r}: {where} has no child {part!r} (children: {list(children)})")
+            raise NoSuchLayerError(f"no submodule {name!r}: {where} has no child {part!r} "
+                                   f"(children: {list(children)})")
         module = children[part]
     return module
 
@@ -101,29 +113,41 @@ def replace_module(model: nn.Module, name: str, new_module: nn.Module) -> nn.Mod
     return old
 
 
-def _supported_conv(module: nn.Conv2d) -> bool:
-    return module.groups == 1 and module.padding_mode == "zeros"
+@contextlib.contextmanager
+def swapped(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[nn.Module]:
+    """Context manager: ``model`` with the named layers replaced, the originals put back afterwards."""
+    originals = {}
+    try:
+        for name, new in replacements.items():
+            originals[name] = replace_module(model, name, new)
+        yield model
+    finally:
+        for name, old in originals.items():
+            replace_module(model, name, old)
 
 
-def iter_compressible(model: nn.Module, include_unsupported: bool = False) -> Iterator[Tuple[str, nn.Module]]:
-    """(name, module) of every nn.Conv2d / nn.Linear not already inside a decomposed layer.
+FilterFn = Callable[[nn.Module, str], bool]
 
-    Grouped / depthwise convs and convs with a padding_mode other than 'zeros' are skipped unless
-    ``include_unsupported``.
+
+def compressible_layers(model: nn.Module, filter_fn: Optional[FilterFn] = None) -> List[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every layer mtd can decompose, in model order, for which ``filter_fn(module, name)``
+    holds (all of them without a filter).
+
+    Already-decomposed layers are skipped with everything inside them, so compressing a compressed model
+    never decomposes its factors by accident (a Tucker core is itself an ungrouped kxk conv).
     """
-    def walk(module: nn.Module, prefix: str):
+    found: List[Tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
         for child_name, child in module._modules.items():
-            if child is None:
+            if child is None or isinstance(child, FactorizedModule):
                 continue
             name = f"{prefix}.{child_name}" if prefix else child_name
-            if isinstance(child, (FactorizedConv2d, LowRankLinear)):
-                continue
-            if isinstance(child, nn.Conv2d):
-                if include_unsupported or _supported_conv(child):
-                    yield name, child
-            elif isinstance(child, nn.Linear):
-                yield name, child
+            if is_compressible(child):
+                if filter_fn is None or filter_fn(child, name):
+                    found.append((name, child))
             else:
-                yield from walk(child, name)
+                walk(child, name)
 
-    yield from walk(model, "")
+    walk(model, "")
+    return found

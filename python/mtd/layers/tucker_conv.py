@@ -9,7 +9,7 @@ from torch import nn
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
 from ..decompose import TuckerFactors, check_tucker_ranks, tucker2_decompose_conv
-from ._geometry import check_convertible_conv
+from .compressible import check_conv_for
 from .base import FactorizedConv2d, conv_geometry
 
 
@@ -35,7 +35,7 @@ class TuckerConv2d(FactorizedConv2d):
     def from_conv(cls, conv: nn.Conv2d, ranks, backend: str = "fused", *, relu: bool = False,
                   factors: Optional[TuckerFactors] = None, **decomp_kwargs) -> "TuckerConv2d":
         """Decompose ``conv`` at ``ranks=(r1, r2)`` (or use ``factors``); kwargs go to tucker2_decompose_conv."""
-        check_convertible_conv(conv)
+        check_conv_for(conv, "tucker")
         layer = cls(ranks=ranks, backend=backend, relu=relu, **conv_geometry(conv))
         if factors is None:
             factors = tucker2_decompose_conv(conv.weight, layer.ranks, **decomp_kwargs)

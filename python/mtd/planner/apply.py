@@ -7,27 +7,10 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from ..layers import check_compressible, get_module, replace_module
 from .factor_cache import DecompositionSettings, FactorCache
 from .layer_factory import build_layer, empty_layer
 from .plan import Plan
-from .surgery import get_submodule, set_submodule
-
-
-class UnsupportedLayerError(ValueError):
-    """A layer the planner cannot compress (only ungrouped Conv2d and Linear layers are supported)."""
-
-
-def check_layer(name: str, module: nn.Module, method: str) -> None:
-    """Raise :class:`UnsupportedLayerError` if ``method`` cannot be applied to ``module``."""
-    if method in ("cp", "cp4", "tucker"):
-        if not isinstance(module, nn.Conv2d) or module.groups != 1:
-            raise UnsupportedLayerError(
-                f"layer {name!r} is {type(module).__name__}"
-                f"{'' if not isinstance(module, nn.Conv2d) else f' with groups={module.groups}'}; "
-                f"method {method!r} needs an ungrouped nn.Conv2d")
-    elif method == "svd":
-        if not isinstance(module, nn.Linear):
-            raise UnsupportedLayerError(f"layer {name!r} is {type(module).__name__}; method 'svd' needs nn.Linear")
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
@@ -52,14 +35,14 @@ def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str
     for lp in plan.layers:
         if lp.method == "dense":
             continue
-        module = get_submodule(target, lp.name)
-        check_layer(lp.name, module, lp.method)
+        module = get_module(target, lp.name)
+        check_compressible(module, lp.method, lp.name)
         if decompose:
             factors = cache.factors(module.weight, lp.method, lp.ranks, lp.seed, lp.warm_start)
             new = build_layer(module, lp.method, factors, backend=backend)
         else:
             new = empty_layer(module, lp.method, lp.ranks, backend=backend)
-        set_submodule(target, lp.name, new)
+        replace_module(target, lp.name, new)
     if state_dict is not None:
         from ..models.checkpoint import load_state_dict_checked
 

@@ -6,8 +6,6 @@ Ranks are derived from target per-layer compression ratios, so the grid means th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
-
 from torch import nn
 
 from .baselines import uniform_cp_rank, uniform_svd_rank
@@ -70,13 +68,6 @@ def conv_shape(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return int(T), int(S), int(kh), int(kw)
 
 
-def is_compressible(module: nn.Module) -> bool:
-    """Plain (ungrouped) 2-D convs with a kernel larger than 1x1, and Linear layers."""
-    if isinstance(module, nn.Conv2d):
-        return module.groups == 1 and module.kernel_size != (1, 1) and module.padding_mode == "zeros"
-    return isinstance(module, nn.Linear)
-
-
 def conv_candidates(conv: nn.Conv2d, grid: CandidateGrid) -> list[Candidate]:
     """CP3 / CP4 / Tucker-2 candidates for one conv, ordered from least to most compressed per method."""
     T, S, kh, kw = conv_shape(conv)
@@ -109,10 +100,3 @@ def layer_candidates(module: nn.Module, grid: CandidateGrid) -> list[Candidate]:
     if isinstance(module, nn.Linear):
         return linear_candidates(module, grid)
     raise TypeError(f"unsupported layer type {type(module).__name__}; mtd compresses Conv2d and Linear")
-
-
-def iter_compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, module) for every layer the planner can compress, in model order."""
-    for name, module in model.named_modules():
-        if name and is_compressible(module):
-            yield name, module

@@ -1,199 +1,350 @@
-"""``mtd.compress``: plan, build, fine-tune and verify a mixed-decomposition compression of a CNN."""
+"""``mtd.compress``: plan, build, fine-tune and verify a mixed-decomposition compression of a CNN.
+
+The promise: in budget mode (``max_drop`` without ``target_ratio``) the returned model's verified held-out
+drop (plus the confidence margin, ``verify.py``) is within ``max_drop``. When no compressed model passes, the
+original model is returned with a warning (``strict=True``: :class:`BudgetNotMetError`). In ratio mode the
+ratio is what is promised; the drop is verified and a miss of ``max_drop`` is warned about (or raised).
+"""
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
-from typing import Any, Optional
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
 
+import numpy as np
+import torch
 from torch import nn
 
-from ..utils import pick_device, seed_everything
-from .apply import UnsupportedLayerError
-from .baselines import (uniform_cp_rank, uniform_tucker_ranks, vbmf_cp_rank, vbmf_tucker_ranks)
-from .candidates import Candidate, CandidateGrid, conv_shape, is_compressible, iter_compressible_layers
-from .data_adapter import as_planning_data, make_splits
+from ..layers import compressible_layers, get_module, replace_module
+from ..layers.compressible import UnsupportedLayerError, check_compressible
+from ..layers.surgery import FilterFn
+from ..utils import pick_device, progress_bar, seed_everything
+from .baselines import uniform_cp_rank, uniform_tucker_ranks, vbmf_cp_rank, vbmf_tucker_ranks
+from .candidates import Candidate, conv_shape
+from .config import CompressConfig
+from .data_adapter import as_planning_data
 from .factor_cache import DecompositionSettings, FactorCache
-from .finetune import finetune_model
 from .layer_factory import build_layer, set_backend
-from .options import record_io_shapes, score_options, warm_chain
+from .options import load_options, record_io_shapes, save_options, score_key, score_options, warm_chain
 from .plan import LayerPlan, Plan, current_versions
-from .select import Assignment, Scored, assignment_path, search_budget, search_ratio
+from .search import FrontierSearch
+from .select import Assignment, Scored, assignment_path, search_ratio
 from .sensitivity import Calibration, score_loader
-from .surgery import set_submodule
 from .thesis_rule import thesis_assignment
-
-PLANNER_METHODS = ("mtd", "thesis", "cp-vbmf", "tucker-vbmf", "cp-uniform", "tucker-uniform")
-DEFAULT_PLANNING_SLACK = 5.0  # pre-fine-tuning calibration drop allowed = slack * max_drop
+from .verify import Verification, correct_mask, verify
 
 
-def compress(model: nn.Module, train_data: Any, *, max_drop: float = 1.0, target_ratio: Optional[float] = None,
-             method: str = "mtd", calib_size: int = 1024, holdout_size: int = 2000, finetune_epochs: int = 1,
-             finetune_lr: float = 0.01, teacher_kd: bool = True, device: Any = None, seed: int = 0,
-             progress: bool = True, grid: Optional[CandidateGrid] = None, batch_size: int = 256,
-             max_rounds: int = 3, planning_drop: Optional[float] = None, layer_tolerance: Optional[float] = None,
-             cache_dir: Optional[str] = None, cp_n_iter_max: int = 100,
-             layers: Optional[list[str]] = None, finetune_batch_size: int = 128,
-             score_images: int = 512) -> tuple[nn.Module, Plan]:
-    """Compress ``model`` by per-layer CP / CP4 / Tucker-2 / SVD decomposition.
+class BudgetNotMetError(RuntimeError):
+    """``strict=True`` and no compressed model kept the accuracy budget (``.plan`` holds what was measured)."""
+
+    def __init__(self, message: str, plan: Plan):
+        super().__init__(message)
+        self.plan = plan
+
+
+def compress(model: nn.Module, train_data: Any, config: Optional[CompressConfig] = None, *,
+             val_data: Any = None, filter_fn: Optional[FilterFn] = None, device: Any = None,
+             progress: bool = True, **overrides: Any) -> tuple[nn.Module, Plan]:
+    """Compress ``model`` by per-layer CP / CP4 / Tucker-2 / SVD decomposition, fine-tune it and verify it.
 
     Args:
         model: the trained network (not modified; a compressed copy is returned).
-        train_data: ``mtd.data.CIFAR10Arrays`` or ``(images, labels)``; only its TRAINING images are used,
-            split (seeded) into calibration, held-out verification and fine-tuning sets.
-        max_drop: accuracy budget in points, verified on the held-out split after fine-tuning.
-        target_ratio: instead of an accuracy budget, reach this whole-model parameter ratio (required
-            for the ``*-uniform`` methods).
-        method: ``mtd`` (sensitivity-driven selection), ``thesis`` (the thesis' per-layer rule),
-            ``cp-vbmf``/``tucker-vbmf`` (EVBMF ranks) or ``cp-uniform``/``tucker-uniform``.
-        calib_size / holdout_size: calibration images (budget checks of whole assignments) / held-out
-            images (verification after fine-tuning).
-        score_images: how many of the calibration images score each single-layer candidate.
-        finetune_epochs, finetune_lr, finetune_batch_size, teacher_kd: fine-tuning after each selection
-            round (knowledge distillation from the original model when ``teacher_kd``).
-        batch_size: batch size of the calibration / verification passes.
-        planning_drop: calibration drop allowed *before* fine-tuning (default ``5 * max_drop`` when
-            fine-tuning, else ``max_drop``); halved on every back-off round.
-        layer_tolerance: thesis mode's per-layer drop tolerance (default ``max_drop``).
-        max_rounds: selection + fine-tune + verify rounds at most (back-off in between).
-        layers: names of the layers to consider (default: every compressible layer).
+        train_data: training images: ``mtd.data.CIFAR10Arrays``, ``(images, labels)``, a ``Dataset`` or a
+            ``DataLoader``. Split (seeded) into calibration, held-out and fine-tuning images.
+        config: a :class:`CompressConfig`; keyword ``overrides`` replace its fields
+            (``compress(model, data, max_drop=0.5)``).
+        val_data: verify the budget on these images instead of a held-out slice of ``train_data``.
+        filter_fn: ``filter_fn(module, name) -> bool`` picks the layers to consider (with ``config.layers``).
+        device: where to plan and fine-tune (default: CUDA if available).
     Returns:
-        ``(compressed_model, plan)``; the model uses the fused ``mtd_kernels`` ops.
+        ``(compressed_model, plan)``; the model runs the fused ``mtd_kernels`` ops; ``plan.results`` holds
+        every measurement and ``plan.results["verdict"]`` a one-line summary.
     """
-    t_start = time.perf_counter()
-    _validate(method, max_drop, target_ratio, calib_size, finetune_epochs, max_rounds)
-    seed_everything(seed)
-    device = pick_device(device)
-    data = as_planning_data(train_data)
-    calib_size = min(calib_size, len(data))  # small data sets: calibrate on everything
-    holdout_size = max(0, min(holdout_size, len(data) - calib_size))
-    splits = make_splits(len(data), calib_size, holdout_size, seed)
-    original = copy.deepcopy(model).to(device).eval()
-    layers = _select_layers(original, layers)
-    if not layers:
-        raise UnsupportedLayerError(f"{type(model).__name__} has no compressible layer (ungrouped Conv2d with a "
-                                    "kernel larger than 1x1, or Linear)")
-    calib = Calibration(data.batches(splits.calibration, batch_size, device))
-    base = calib.score(original)
-    io_shapes = record_io_shapes(original, layers, calib.batches[0][0][:2])
-    settings = DecompositionSettings(cp_n_iter_max=cp_n_iter_max)
-    cache = FactorCache(cache_dir, settings)
-    grid = grid or CandidateGrid()
-
-    # per-candidate scoring runs the network once per candidate: use at most ``score_images`` of the
-    # calibration images there; whole assignments are checked on all of them
-    n_batches = max(1, -(-min(score_images, calib.num_images) // batch_size))
-    score_calib = Calibration(calib.batches[:n_batches])
-    options = _score(method, original, layers, grid, score_calib, score_calib.score(original), cache, io_shapes,
-                     seed, target_ratio, progress)
-    model_params = sum(p.numel() for p in original.parameters())
-
-    def model_ratio(a: Assignment) -> float:
-        saved = sum(options[n][0].params - s.params for n, s in a.items())
-        return model_params / max(model_params - saved, 1)
-
-    fine_tune = finetune_epochs > 0
-    budget = {"max_drop": max_drop, "target_ratio": target_ratio}
-    if planning_drop is None:
-        planning_drop = max_drop * (DEFAULT_PLANNING_SLACK if fine_tune else 1.0)
-    tolerance = max_drop if layer_tolerance is None else layer_tolerance
-    path = assignment_path(options, sum(o[0].params for o in options.values())) if method == "mtd" else []
-    holdout = data.loader(splits.holdout, batch_size, train=False, device=device) if holdout_size else None
-    base_holdout = score_loader(original, holdout) if holdout else None
-
-    history, min_index, chosen, compressed = [], 0, None, None
-    for round_idx in range(max_rounds):
-        info: dict[str, Any] = {"round": round_idx}
-        if method == "mtd" and target_ratio is not None:
-            idx, chosen = search_ratio(path, model_ratio, target_ratio)
-            info["reached_target"] = idx is not None
-        elif method == "mtd":
-            def meets(a: Assignment) -> bool:
-                return base.accuracy - calib.score(_assemble(original, a, cache, seed, layers, options)).accuracy \
-                    <= planning_drop
-            idx, chosen = search_budget(path[min_index:], meets)
-            min_index += idx
-            info["planning_drop"] = planning_drop
-        elif method == "thesis":
-            shapes = {n: _in_out(original.get_submodule(n)) for n in layers}
-            chosen = thesis_assignment(options, shapes, tolerance)
-            info["layer_tolerance"] = tolerance
-        else:
-            chosen = {n: o[-1] for n, o in options.items()}  # the rule's single candidate (or dense)
-        compressed = _assemble(original, chosen, cache, seed, layers, options)
-        info["calibration_drop"] = base.accuracy - calib.score(compressed).accuracy
-        info["model_param_ratio"] = model_ratio(chosen)
-        if fine_tune:
-            ft_batch = max(1, min(finetune_batch_size, len(splits.finetune)))
-            finetune_model(compressed, data.loader(splits.finetune, ft_batch, train=True, device=device,
-                                                   seed=seed + round_idx),
-                           epochs=finetune_epochs, lr=finetune_lr, teacher=original if teacher_kd else None,
-                           device=device, progress=progress)
-        if holdout:
-            info["holdout_accuracy"] = score_loader(compressed, holdout).accuracy
-            info["holdout_drop"] = base_holdout.accuracy - info["holdout_accuracy"]
-        history.append(info)
-        over = holdout is not None and info["holdout_drop"] > max_drop + 1e-9
-        if not over or target_ratio is not None or method not in ("mtd", "thesis"):
-            break
-        # back off: relax the budget so the most sensitive layers (highest loss per saved parameter) return
-        planning_drop /= 2
-        tolerance /= 2
-        if method == "mtd":
-            min_index += 1
-            if min_index >= len(path):
-                break
-
-    set_backend(compressed, "fused")
-    compressed.eval()
-    last = history[-1]  # the budgets the returned model was selected with
-    plan = _make_plan(model, method, layers, chosen, options, seed, settings, budget,
-                      last.get("layer_tolerance"), last.get("planning_drop"))
-    plan.results = {
-        "calibration": {"images": calib.num_images, "base_accuracy": base.accuracy, "base_loss": base.loss},
-        "holdout": {"images": holdout_size, "base_accuracy": base_holdout.accuracy if base_holdout else None},
-        "rounds": history, "within_budget": (not history or "holdout_drop" not in history[-1]
-                                             or history[-1]["holdout_drop"] <= max_drop + 1e-9),
-        "model_params_before": model_params,
-        "model_param_ratio": model_ratio(chosen),
-        "finetune_epochs": finetune_epochs, "teacher_kd": teacher_kd, "seed": seed,
-        "wall_time_s": time.perf_counter() - t_start,
-    }
-    return compressed, plan
+    cfg = (config or CompressConfig()).replace(**overrides) if overrides else (config or CompressConfig())
+    return _Run(model, train_data, cfg, val_data, filter_fn, device, progress).run()
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _validate(method, max_drop, target_ratio, calib_size, finetune_epochs, max_rounds) -> None:
-    if method not in PLANNER_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(PLANNER_METHODS)}")
-    if target_ratio is not None and not target_ratio > 1:
-        raise ValueError(f"target_ratio must be > 1 (e.g. 8 for 8x fewer parameters), got {target_ratio!r}")
-    if method.endswith("-uniform") and target_ratio is None:
-        raise ValueError(f"method {method!r} needs target_ratio (the per-layer compression ratio)")
-    if max_drop is None or max_drop < 0:
-        raise ValueError(f"max_drop must be >= 0 accuracy points, got {max_drop!r}")
-    if not isinstance(calib_size, int) or calib_size < 1:
-        raise ValueError(f"calib_size must be a positive int, got {calib_size!r}")
-    if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-        raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
-    if not isinstance(max_rounds, int) or max_rounds < 1:
-        raise ValueError(f"max_rounds must be an int >= 1, got {max_rounds!r}")
+class _Run:
+    """One call of :func:`compress` (state shared by its steps)."""
+
+    def __init__(self, model, train_data, cfg: CompressConfig, val_data, filter_fn, device, progress):
+        self.t_start = time.perf_counter()
+        self.cfg, self.progress = cfg, progress
+        self.log = progress_bar(enabled=False).write if progress else (lambda message: None)
+        seed_everything(cfg.seed)
+        self.device = pick_device(device)
+        norm = {} if cfg.mean is None else {"mean": cfg.mean, "std": cfg.std}
+        self.data = as_planning_data(train_data, **norm)
+        self.val = as_planning_data(val_data, **norm) if val_data is not None else None
+        self.model = model
+        self.original = copy.deepcopy(model).to(self.device).eval()
+        self.layers = _select_layers(self.original, cfg.layers, filter_fn)
+        self.splits = _split(len(self.data), cfg, self.val is not None)
+        self.calib = Calibration(self.data.batches(self.splits["calibration"], cfg.batch_size, self.device))
+        self.num_classes = _check_inputs(self.original, self.data, self.val, self.calib)
+        if self.val is not None:
+            self.holdout = self.val.batches(np.arange(len(self.val)), cfg.batch_size, self.device)
+        else:
+            self.holdout = self.data.batches(self.splits["holdout"], cfg.batch_size, self.device)
+        self.base_correct = correct_mask(self.original, self.holdout)
+        self.base_calib = self.calib.score(self.original)
+        self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max))
+        self.model_params = sum(p.numel() for p in self.original.parameters())
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def run(self) -> tuple[nn.Module, Plan]:
+        cfg = self.cfg
+        self.options = self._score()
+        if cfg.method == "mtd":
+            path = assignment_path(self.options, sum(o[0].params for o in self.options.values()))
+            self.path = [a for a in path if self.ratio_of(a) > 1.0]  # all-dense is the fallback, not a step
+            if not self.path:
+                result = (None, None, {"search": "no candidate saves parameters"})
+            elif cfg.target_ratio is not None:
+                idx, chosen = search_ratio(self.path, self.ratio_of, cfg.target_ratio)
+                result = self._single(chosen, reached=idx is not None)
+            else:
+                result = self._search()
+        elif cfg.method == "thesis":
+            shapes = {n: _in_out(get_module(self.original, n)) for n in self.layers}
+            tolerance = cfg.max_drop if cfg.layer_tolerance is None else cfg.layer_tolerance
+            result = self._single(thesis_assignment(self.options, shapes, tolerance))
+        else:
+            result = self._single({n: o[-1] for n, o in self.options.items()})  # the rule's one candidate
+        return self._finish(*result)
+
+    def _score(self) -> dict[str, list[Scored]]:
+        cfg = self.cfg
+        io_shapes = record_io_shapes(self.original, self.layers, self.calib.batches[0][0][:2])
+        n_batches = max(1, -(-min(cfg.score_images, self.calib.num_images) // cfg.batch_size))
+        score_calib = Calibration(self.calib.batches[:n_batches])
+        rule = cfg.method not in ("mtd", "thesis")
+        only = _rule_candidates(cfg.method, cfg.target_ratio) if rule else None
+        path = None
+        if cfg.cache_dir:  # sensitivities depend on the whole model, the grid and the scoring images
+            key = score_key(self.original, self.layers, {
+                "method": cfg.method if rule else "grid", "target_ratio": cfg.target_ratio if rule else None,
+                "grid": dataclasses.asdict(cfg.candidate_grid()), "seed": cfg.seed,
+                "images": self.splits["calibration"][:score_calib.num_images].tolist(),
+                "settings": dataclasses.asdict(self.cache.settings)})
+            path = Path(cfg.cache_dir) / f"scores-{key}.json"
+            cached = load_options(path)
+            if cached is not None and list(cached) == self.layers:
+                self.log(f"candidate scores from {path}")
+                return cached
+        options = score_options(self.original, self.layers, cfg.candidate_grid(), score_calib,
+                                score_calib.score(self.original), self.cache, io_shapes, cfg.seed, only=only,
+                                progress=self.progress)
+        if path is not None:
+            save_options(path, options)
+        return options
+
+    def _search(self) -> tuple[Optional[Assignment], Optional[nn.Module], dict]:
+        cfg = self.cfg
+        self.log(f"searching {len(self.path)} assignments ({self.ratio_of(self.path[0]):.1f}x .. "
+                 f"{self.ratio_of(self.path[-1]):.2f}x) for a held-out drop <= {cfg.max_drop} "
+                 f"(confidence {cfg.confidence})")
+        steps = max(1, round(cfg.probe_fraction * len(self._finetune_loader(0))))
+
+        def probe(i: int) -> tuple[float, nn.Module]:
+            model = self._build(self.path[i])
+            self._finetune(model, seed=cfg.seed + 1000 + i, max_steps=steps, epochs=1)
+            return self.base_calib.accuracy - self.calib.score(model).accuracy, model
+
+        def finish(model: nn.Module) -> Verification:
+            if cfg.finetune_epochs:
+                self._finetune(model, seed=cfg.seed, epochs=cfg.finetune_epochs)
+            return self._verify(model)
+
+        search = FrontierSearch(len(self.path), ratio=lambda i: self.ratio_of(self.path[i]), probe=probe,
+                                finish=finish, max_drop=cfg.max_drop, rounds=cfg.search_rounds, log=self.log)
+        best = search.run()
+        info = {"search": search.summary()}
+        if best is None:
+            return None, None, info
+        info["verification"] = best.verification.to_dict()
+        return self.path[best.index], best.model, info
+
+    def _single(self, chosen: Assignment, reached: Optional[bool] = None):
+        model = self._build(chosen)
+        if self.cfg.finetune_epochs:
+            self._finetune(model, seed=self.cfg.seed, epochs=self.cfg.finetune_epochs)
+        v = self._verify(model)
+        self.log(f"{self.ratio_of(chosen):.2f}x: held-out drop {v.drop:+.2f} (+{v.margin:.2f} margin)")
+        info = {"verification": v.to_dict()}
+        if reached is not None:
+            info["reached_target"] = reached
+        if self.cfg.target_ratio is None and not v.passed:
+            return None, None, info  # budget mode: the promise holds for every method
+        return chosen, model, info
+
+    def _finish(self, chosen: Optional[Assignment], model: Optional[nn.Module], info: dict):
+        cfg = self.cfg
+        verification = info.get("verification")
+        within = bool(verification and verification["passed"]) if chosen is not None else False
+        fallback = chosen is None
+        if fallback:  # nothing compressed kept the budget: the original is the least compressed verified model
+            chosen = {n: o[0] for n, o in self.options.items()}
+            model = copy.deepcopy(self.original)
+        set_backend(model, "fused")
+        model.eval()
+        if cfg.prepare_inference and not fallback:
+            from ..layers.inference import prepare_inference
+
+            model = prepare_inference(model)
+        plan = self._plan(chosen)
+        ratio = self.ratio_of(chosen)
+        if fallback:
+            verdict = (f"budget NOT met: no compressed model kept the held-out drop within {cfg.max_drop} points "
+                       f"(confidence {cfg.confidence}); returning the original model (1.00x)")
+        else:
+            v = verification
+            verdict = (f"{'within' if within else 'OVER'} budget: {ratio:.2f}x fewer parameters, held-out drop "
+                       f"{v['drop']:+.2f} points (+{v['margin']:.2f} margin at confidence {cfg.confidence}) vs "
+                       f"max_drop {cfg.max_drop} on {v['images']} images")
+        plan.results = {
+            "verdict": verdict, "within_budget": within and not fallback, "fallback_to_original": fallback,
+            "calibration": {"images": self.calib.num_images, "base_accuracy": self.base_calib.accuracy,
+                            "base_loss": self.base_calib.loss},
+            "holdout": {"images": int(self.base_correct.numel()), "source": "val_data" if self.val else "train",
+                        "base_accuracy": 100.0 * float(self.base_correct.double().mean())},
+            "model_params_before": self.model_params, "model_param_ratio": ratio,
+            "finetune_epochs": cfg.finetune_epochs, "teacher_kd": cfg.teacher_kd, "seed": cfg.seed,
+            "wall_time_s": time.perf_counter() - self.t_start, **info,
+        }
+        self.log(verdict)
+        if fallback or not within:
+            if cfg.strict:
+                raise BudgetNotMetError(verdict, plan)
+            warnings.warn(f"mtd.compress: {verdict}", RuntimeWarning, stacklevel=3)
+        return model, plan
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def ratio_of(self, a: Assignment) -> float:
+        saved = sum(self.options[n][0].params - s.params for n, s in a.items())
+        return self.model_params / max(self.model_params - saved, 1)
+
+    def _build(self, a: Assignment) -> nn.Module:
+        """A copy of the original with ``a``'s layers decomposed (torch backend, trainable), BN re-estimated."""
+        from ..train.finetune import recalibrate_batchnorm
+
+        model = copy.deepcopy(self.original)
+        for name in self.layers:
+            s = a[name]
+            if s.method == "dense":
+                continue
+            module = get_module(self.original, name)
+            factors = self.cache.factors(module.weight, s.method, s.candidate.ranks, self.cfg.seed,
+                                         warm_chain(s.candidate, _candidate_list(self.options, name)))
+            replace_module(model, name, build_layer(module, s.method, factors, backend="torch"))
+        if any(s.method != "dense" for s in a.values()):
+            recalibrate_batchnorm(model, self._finetune_loader(self.cfg.seed))
+        return model
+
+    def _finetune_loader(self, seed: int):
+        batch = max(1, min(self.cfg.finetune_batch_size, len(self.splits["finetune"])))
+        return self.data.loader(self.splits["finetune"], batch, train=True, device=self.device, seed=seed)
+
+    def _finetune(self, model: nn.Module, *, seed: int, epochs: int, max_steps: Optional[int] = None) -> None:
+        from ..train.finetune import cp_factor_lr_scales, finetune
+
+        cfg = self.cfg
+        finetune(model, self._finetune_loader(seed), epochs=epochs, lr=cfg.finetune_lr,
+                 teacher=self.original if cfg.teacher_kd else None, max_grad_norm=cfg.max_grad_norm,
+                 lr_scales=cp_factor_lr_scales(model, cfg.cp_lr_scale),
+                 eval_fn=lambda m: self.calib.score(m).accuracy, max_steps=max_steps, seed=seed,
+                 progress=self.progress and max_steps is None, log_fn=self.log)
+
+    def _verify(self, model: nn.Module) -> Verification:
+        return verify(model, self.holdout, self.base_correct, self.cfg.max_drop, self.cfg.z())
+
+    def _plan(self, chosen: Assignment) -> Plan:
+        cfg = self.cfg
+        entries = []
+        for name in self.layers:
+            s, dense = chosen[name], self.options[name][0]
+            module = get_module(self.model, name)
+            entries.append(LayerPlan(
+                name=name, kind="conv" if isinstance(module, nn.Conv2d) else "linear", method=s.method,
+                ranks=list(s.candidate.ranks), params_before=dense.params, params_after=s.params,
+                flops_before=dense.flops, flops_after=s.flops, rel_error=s.rel_error,
+                sensitivity={"loss": s.loss, "accuracy": s.accuracy}, seed=cfg.seed,
+                warm_start=list(warm_chain(s.candidate, _candidate_list(self.options, name)))))
+        return Plan(model_name=getattr(self.model, "mtd_model_name", None),
+                    model_kwargs=dict(getattr(self.model, "mtd_model_kwargs", {}) or {}), method=cfg.method,
+                    layers=entries, budget={"max_drop": cfg.max_drop, "target_ratio": cfg.target_ratio,
+                                            "confidence": cfg.confidence},
+                    versions=current_versions(), decomposition=dataclasses.asdict(self.cache.settings),
+                    config=cfg.to_dict())
 
 
-def _select_layers(model: nn.Module, names: Optional[list[str]]) -> list[str]:
-    """All compressible layers, or the given names after checking each one is supported."""
+# ------------------------------------------------------------------------------------------------------------
+def _select_layers(model: nn.Module, names: Optional[tuple[str, ...]], filter_fn: Optional[FilterFn]) -> list[str]:
+    """The layers to consider: the walker's (through ``filter_fn``), or the given names, each checked."""
     if names is None:
-        return [name for name, _ in iter_compressible_layers(model)]
+        layers = [name for name, _ in compressible_layers(model, filter_fn)]
+        if not layers:
+            raise UnsupportedLayerError(f"{type(model).__name__} has no compressible layer (ungrouped, zero-padded "
+                                        "Conv2d, or Linear)" + (" passing filter_fn" if filter_fn
+                                                                               else ""))
+        return layers
     for name in names:
         try:
-            module = model.get_submodule(name)
-        except AttributeError:
+            module = get_module(model, name)
+        except KeyError:
             raise ValueError(f"model has no layer named {name!r}") from None
-        if not is_compressible(module):
-            raise UnsupportedLayerError(
-                f"layer {name!r} ({type(module).__name__}) cannot be compressed: mtd supports ungrouped "
-                "Conv2d with a kernel larger than 1x1 and Linear layers")
-    return list(dict.fromkeys(names))
+        check_compressible(module, name=name)
+        if filter_fn is not None and not filter_fn(module, name):
+            raise ValueError(f"layer {name!r} is listed in layers but filter_fn rejects it")
+    return list(names)
+
+
+def _split(n: int, cfg: CompressConfig, has_val: bool) -> dict[str, np.ndarray]:
+    """Seeded disjoint calibration / held-out / fine-tuning index sets of the training data.
+
+    Calibration images guide the search and pick the best fine-tuning epoch, held-out images only verify,
+    so neither is fine-tuned on. Small data sets: at most a fifth each."""
+    if n < 10:
+        raise ValueError(f"the training data has {n} images; compressing needs at least 10")
+    if not has_val and cfg.holdout_size < 1:
+        raise ValueError("holdout_size=0 needs val_data: the accuracy budget is verified on held-out images")
+    calib = min(cfg.calib_size, n // 5)
+    holdout = 0 if has_val else min(cfg.holdout_size, n // 5)
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    return {"calibration": np.sort(order[:calib]), "holdout": np.sort(order[calib:calib + holdout]),
+            "finetune": np.sort(order[calib + holdout:])}
+
+
+def _check_inputs(model: nn.Module, data, val, calib: Calibration) -> int:
+    """Reject bad data before any work: images the model cannot take, labels outside its classes, one class."""
+    x, _ = calib.batches[0]
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except Exception as err:  # noqa: BLE001  (any failure here means the images do not fit the model)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the model cannot take the images: input of shape {tuple(x.shape[1:])} failed with "
+                         f"{type(err).__name__}: {first}") from None
+    if out.ndim != 2:
+        raise ValueError(f"the model must return logits of shape (N, classes); it returned {tuple(out.shape)}")
+    classes = int(out.shape[1])
+    for name, d in (("training", data), ("validation", val)):
+        if d is None:
+            continue
+        labels = torch.as_tensor(d.labels)
+        if labels.numel() == 0:
+            raise ValueError(f"the {name} data is empty")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"{name} labels span {lo}..{hi} but the model has {classes} outputs (classes 0.."
+                             f"{classes - 1})")
+        if name == "training" and int(torch.unique(labels).numel()) < 2:
+            raise ValueError(f"the training data holds a single class ({lo}); accuracy budgets need at least two")
+    return classes
 
 
 def _in_out(module: nn.Module) -> tuple[int, int]:
@@ -202,7 +353,7 @@ def _in_out(module: nn.Module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
-def _rule_candidates(method: str, target_ratio: Optional[float]):
+def _rule_candidates(method: str, target_ratio: Optional[float]) -> Callable[[str, nn.Module], list[Candidate]]:
     """Per-layer single candidate of a baseline rule (convs only; Linear layers stay dense)."""
     from ..decompose import max_cp_rank
 
@@ -228,45 +379,5 @@ def _rule_candidates(method: str, target_ratio: Optional[float]):
     return pick
 
 
-def _score(method, original, layers, grid, calib, base, cache, io_shapes, seed, target_ratio, progress):
-    if method in ("mtd", "thesis"):
-        return score_options(original, layers, grid, calib, base, cache, io_shapes, seed, progress=progress)
-    return score_options(original, layers, grid, calib, base, cache, io_shapes, seed,
-                         only=_rule_candidates(method, target_ratio), progress=progress)
-
-
 def _candidate_list(options: dict[str, list[Scored]], name: str) -> list[Candidate]:
     return [s.candidate for s in options[name][1:]]
-
-
-def _assemble(original: nn.Module, assignment: Assignment, cache: FactorCache, seed: int, layers: list[str],
-              options: dict[str, list[Scored]]) -> nn.Module:
-    """A copy of ``original`` with the assignment's layers decomposed (torch backend, for training)."""
-    model = copy.deepcopy(original)
-    for name in layers:
-        s = assignment[name]
-        if s.method == "dense":
-            continue
-        module = original.get_submodule(name)
-        factors = cache.factors(module.weight, s.method, s.candidate.ranks, seed,
-                                warm_chain(s.candidate, _candidate_list(options, name)))
-        set_submodule(model, name, build_layer(module, s.method, factors, backend="torch"))
-    return model
-
-
-def _make_plan(model, method, layers, chosen, options, seed, settings, budget, tolerance, planning_drop) -> Plan:
-    entries = []
-    for name in layers:
-        s, dense = chosen[name], options[name][0]
-        module = model.get_submodule(name)
-        entries.append(LayerPlan(
-            name=name, kind="conv" if isinstance(module, nn.Conv2d) else "linear", method=s.method,
-            ranks=list(s.candidate.ranks), params_before=dense.params, params_after=s.params,
-            flops_before=dense.flops, flops_after=s.flops, rel_error=s.rel_error,
-            sensitivity={"loss": s.loss, "accuracy": s.accuracy}, seed=seed,
-            warm_start=list(warm_chain(s.candidate, _candidate_list(options, name)))))
-    budget = dict(budget, planning_drop=planning_drop if method == "mtd" else None,
-                  layer_tolerance=tolerance if method == "thesis" else None)
-    return Plan(model_name=getattr(model, "mtd_model_name", None),
-                model_kwargs=dict(getattr(model, "mtd_model_kwargs", {}) or {}), method=method, layers=entries,
-                budget=budget, versions=current_versions(), decomposition=dataclasses.asdict(settings))

@@ -5,26 +5,16 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..layers import CP4Conv2d, CPConv2d, FactorizedConv2d, LowRankLinear, TuckerConv2d
+from ..layers import CP4Conv2d, CPConv2d, LowRankLinear, TuckerConv2d, check_compressible
+from ..layers._factorized import FactorizedModule
 from ..layers.counting import conv_flops, linear_flops
 
 _CONV_CLASSES = {"cp": CPConv2d, "cp4": CP4Conv2d, "tucker": TuckerConv2d}
 
 
-def _check(module: nn.Module, method: str) -> None:
-    if method == "svd":
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"method 'svd' needs an nn.Linear, got {type(module).__name__}")
-    elif method in _CONV_CLASSES:
-        if not isinstance(module, nn.Conv2d):
-            raise TypeError(f"method {method!r} needs an nn.Conv2d, got {type(module).__name__}")
-    else:
-        raise ValueError(f"no layer for method {method!r}; allowed: cp, cp4, tucker, svd")
-
-
 def empty_layer(module: nn.Module, method: str, ranks: Sequence[int], backend: str = "torch") -> nn.Module:
     """An ``mtd.layers`` module shaped like ``module`` decomposed by ``method`` at ``ranks`` (weights unset)."""
-    _check(module, method)
+    check_compressible(module, method)
     ranks = [int(r) for r in ranks]
     kw = dict(device=module.weight.device, dtype=module.weight.dtype)
     if method == "svd":
@@ -38,7 +28,7 @@ def empty_layer(module: nn.Module, method: str, ranks: Sequence[int], backend: s
 
 def build_layer(module: nn.Module, method: str, factors: Any, backend: str = "torch") -> nn.Module:
     """The decomposed replacement of ``module`` holding ``factors`` (and ``module``'s bias)."""
-    _check(module, method)
+    check_compressible(module, method)
     if method == "svd":
         return LowRankLinear.from_linear(module, factors.rank, backend=backend, factors=factors)
     ranks = tuple(factors.ranks) if method == "tucker" else factors.rank
@@ -61,6 +51,6 @@ def layer_cost(layer: nn.Module, input_hw: tuple) -> tuple[int, int]:
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Switch every decomposed layer in ``model`` to ``backend`` ("fused" or "torch")."""
     for m in model.modules():
-        if isinstance(m, (FactorizedConv2d, LowRankLinear)):
+        if isinstance(m, FactorizedModule):
             m.backend = backend
     return model

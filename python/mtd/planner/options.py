@@ -1,12 +1,16 @@
 """Score every candidate of every layer: build it, count it, and measure it in the network."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from ..utils import progress_bar
+from ..utils import atomic_write, progress_bar
 from .candidates import Candidate, CandidateGrid, layer_candidates
 from .factor_cache import FactorCache, weight_hash
 from .layer_factory import build_layer, dense_cost, layer_cost
@@ -45,13 +49,10 @@ def record_io_shapes(model: nn.Module, names: list[str], sample: torch.Tensor) -
 
 
 def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, calib: Calibration, base: Score,
-                  cache: FactorCache, io_shapes: dict[str, tuple], seed: int, *, measure: bool = True,
+                  cache: FactorCache, io_shapes: dict[str, tuple], seed: int, *,
                   only: Optional[Callable[[str, nn.Module], list[Candidate]]] = None,
                   progress: bool = True) -> dict[str, list[Scored]]:
-    """``{layer: [Scored dense, Scored candidates...]}``; ``only`` overrides the candidate list per layer.
-
-    With ``measure=False`` the sensitivities are left at 0 (baselines that pick ranks by rule).
-    """
+    """``{layer: [Scored dense, Scored candidates...]}``; ``only`` overrides the candidate list per layer."""
     per_layer = {}
     for name in layers:
         module = model.get_submodule(name)
@@ -73,12 +74,40 @@ def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, cali
                 layer = build_layer(module, cand.method, factors, backend="torch")
                 p, f = layer_cost(layer, in_hw)
                 s = Scored(cand, p, f, rel_error=float(factors.rel_error))
-                if measure:
-                    d = sensitivity(model, name, layer, calib, base)
-                    s.loss, s.accuracy = d["loss"], d["accuracy"]
+                d = sensitivity(model, name, layer, calib, base)
+                s.loss, s.accuracy = d["loss"], d["accuracy"]
                 scored.append(s)
                 bar.update(1)
             options[name] = scored
     finally:
         bar.close()
     return options
+
+
+def score_key(model: nn.Module, layers: list[str], parts: dict) -> str:
+    """Content key of a scoring run: the whole model's weights and buffers plus ``parts`` (JSON-able)."""
+    h = hashlib.sha1(json.dumps({"layers": layers, **parts}, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def save_options(path: Path, options: dict[str, list[Scored]]) -> None:
+    """Write scored options as JSON (atomically): a later run with the same key skips the scoring."""
+    data = {name: [dict(dataclasses.asdict(s), candidate=dataclasses.asdict(s.candidate)) for s in opts]
+            for name, opts in options.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        json.dump(data, f)
+
+
+def load_options(path: Path) -> Optional[dict[str, list[Scored]]]:
+    """Options written by :func:`save_options`, or None if absent or unreadable (then they are re-scored)."""
+    try:
+        data = json.loads(path.read_text())
+        return {name: [Scored(**dict(s, candidate=Candidate(s["candidate"]["method"], tuple(s["candidate"]["ranks"]))))
+                       for s in opts] for name, opts in data.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

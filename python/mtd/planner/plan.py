@@ -54,6 +54,7 @@ class Plan:
     results: dict[str, Any] = field(default_factory=dict)  # measured accuracies, rounds, ...
     versions: dict[str, str] = field(default_factory=dict)
     decomposition: dict[str, Any] = field(default_factory=dict)  # ALS settings (DecompositionSettings)
+    config: dict[str, Any] = field(default_factory=dict)  # the CompressConfig it was made with (to_dict())
     format_version: int = PLAN_FORMAT_VERSION
 
     # -- totals -----------------------------------------------------------------------------------------

@@ -4,8 +4,7 @@ Each layer's candidates carry a measured, layer-alone loss increase. For a trade
 every layer independently minimises ``params / total_params + lam * max(dloss, 0)`` (a Lagrangian
 relaxation of the knapsack "fewest parameters with total loss increase <= budget", which treats the
 loss increases as additive). Sweeping ``lam`` gives a path of assignments from most compressed to
-all-dense; the planner then measures whole assignments on the calibration set and keeps the most
-compressed one that meets the budget.
+all-dense, which ``search.py`` walks with fine-tuned measurements.
 """
 from __future__ import annotations
 
@@ -36,17 +35,6 @@ class Scored:
 Assignment = dict[str, Scored]
 
 
-def pareto_front(options: list[Scored]) -> list[Scored]:
-    """Drop candidates that have at least as many parameters and a higher loss than another one."""
-    front: list[Scored] = []
-    best_loss = float("inf")
-    for s in sorted(options, key=lambda s: (s.params, s.loss)):
-        if s.loss < best_loss:
-            front.append(s)
-            best_loss = s.loss
-    return front
-
-
 def select_for_weight(options: dict[str, list[Scored]], lam: float, total_params: int) -> Assignment:
     """Per layer, the candidate minimising ``params / total_params + lam * max(loss, 0)``."""
     chosen: Assignment = {}
@@ -66,37 +54,6 @@ def assignment_path(options: dict[str, list[Scored]], total_params: int) -> list
             seen.add(key)
             path.append(a)
     return path
-
-
-def assignment_params(a: Assignment) -> int:
-    return sum(s.params for s in a.values())
-
-
-def search_budget(path: list[Assignment], meets_budget: Callable[[Assignment], bool],
-                  patience: int = 3) -> tuple[int, Assignment]:
-    """Most compressed assignment on ``path`` for which ``meets_budget`` holds (bisection, then a short walk).
-
-    ``path`` goes from most compressed to least; the last entry is treated as always acceptable
-    (it is the most accurate the candidates allow). Returns (index, assignment).
-    """
-    lo, hi = 0, len(path) - 1  # invariant: path[hi] is acceptable
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if meets_budget(path[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
-    # The measured drop is not exactly monotone along the path (calibration noise): walk on towards
-    # more compression until ``patience`` assignments in a row miss the budget.
-    best, misses = hi, 0
-    for i in range(hi - 2, -1, -1):  # hi - 1 was rejected by the bisection (or hi == 0)
-        if meets_budget(path[i]):
-            best, misses = i, 0
-        else:
-            misses += 1
-            if misses >= patience:
-                break
-    return best, path[best]
 
 
 def search_ratio(path: list[Assignment], ratio_of: Callable[[Assignment], float],

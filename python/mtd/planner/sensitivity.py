@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .surgery import swapped
+from ..layers import swapped
 
 
 @dataclass(frozen=True)

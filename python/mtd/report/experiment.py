@@ -33,7 +33,7 @@ class ExperimentConfig:
     finetune_lr: float = 0.01
     calib_size: int = 1024
     holdout_size: int = 2000
-    max_rounds: int = 2
+    search_rounds: int = 2
     grid: str = "full"  # "full", "small" or "coarse" (see CandidateGrid)
     cp_n_iter_max: int = 100
     latency_batches: tuple = (1,)
@@ -114,7 +114,7 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
                                     calib_size=cfg.calib_size,
                                     holdout_size=cfg.holdout_size, finetune_epochs=cfg.finetune_epochs,
                                     finetune_lr=cfg.finetune_lr, device=device, seed=cfg.seed, progress=progress,
-                                    grid=grid, max_rounds=cfg.max_rounds, cp_n_iter_max=cfg.cp_n_iter_max,
+                                    grid=grid, search_rounds=cfg.search_rounds, cp_n_iter_max=cfg.cp_n_iter_max,
                                     finetune_batch_size=cfg.batch_size)
         seconds = time.perf_counter() - t0
         per_method_s = max(per_method_s or 0.0, seconds)

@@ -104,9 +104,20 @@ def _check_args(epochs: int, schedule: str, steps_per_epoch: int) -> None:
                          "drop_last=True?)")
 
 
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN/inf or exploded (see ``divergence_factor``)."""
+
+
 def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd_alpha, kd_temperature,
-                     label_smoothing, amp, channels_last, max_grad_norm, bar_desc, progress) -> Tuple[float, float]:
+                     label_smoothing, amp, channels_last, max_grad_norm, bar_desc, progress,
+                     divergence_factor: Optional[float] = None,
+                     reference: Optional[List[float]] = None) -> Tuple[float, float]:
+    """One pass over ``loader``. With ``divergence_factor`` every step's loss is checked (one host sync per
+    step): NaN/inf, or more than ``divergence_factor`` x the mean of the first losses seen (kept in
+    ``reference``, which may carry over from earlier passes), raises :class:`DivergenceError` before the step
+    is applied."""
     model.train()
+    reference = [] if reference is None else reference
     # Sums stay on the device: no host sync per step.
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     for images, labels in progress_bar(loader, total=len(loader), desc=bar_desc, enabled=progress, unit="batch"):
@@ -121,6 +132,14 @@ def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd
                     teacher_logits = teacher(images)
         loss = distillation_loss(logits, labels, teacher_logits, alpha=kd_alpha, temperature=kd_temperature,
                                  label_smoothing=label_smoothing)
+        if divergence_factor is not None:
+            value = float(loss.detach())
+            if not math.isfinite(value) or (len(reference) >= 5 and value > divergence_factor * sum(reference)
+                                            / len(reference)):
+                raise DivergenceError(f"loss {value:.4g} at a step of {bar_desc} (reference "
+                                      f"{sum(reference) / max(len(reference), 1):.4g})")
+            if len(reference) < 20:
+                reference.append(value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm is not None:

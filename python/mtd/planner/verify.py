@@ -1,0 +1,70 @@
+"""Verification of a compressed model against the original on held-out images, with a stated margin.
+
+The drop is measured *paired* (the same images for both models): with ``d_i = base_correct_i -
+compressed_correct_i`` in {-1, 0, 1}, drop = 100 * mean(d) and its standard error is 100 * std(d) / sqrt(n).
+A model passes when ``drop + z * se <= max_drop``: with ``z`` the normal quantile of the configured
+confidence, the true drop exceeds the budget with probability at most ``1 - confidence`` (normal
+approximation). 2,000 images and 10% disagreement give se ~ 0.7 points, so the margin is not small:
+more held-out images buy a smaller one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The held-out check of one model (accuracies and drops in points)."""
+
+    images: int
+    base_accuracy: float
+    accuracy: float
+    drop: float
+    se: float
+    margin: float  # z * se
+    max_drop: Optional[float]
+
+    @property
+    def upper(self) -> float:
+        """The drop plus the margin: what must stay within ``max_drop``."""
+        return self.drop + self.margin
+
+    @property
+    def passed(self) -> bool:
+        return self.max_drop is None or self.upper <= self.max_drop + 1e-9
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), upper=self.upper, passed=self.passed)
+
+
+@torch.no_grad()
+def correct_mask(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Bool per image: is the model's top-1 prediction right (eval mode; the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(x).argmax(1) == y for x, y in batches]
+    finally:
+        model.train(was_training)
+    if not out:
+        raise ValueError("cannot verify a model on an empty set of images")
+    return torch.cat(out).cpu()
+
+
+def verify(model: nn.Module, batches: list, base_correct: torch.Tensor, max_drop: Optional[float],
+           z: float) -> Verification:
+    """Paired drop of ``model`` against the original's ``base_correct`` on the same ``batches``."""
+    correct = correct_mask(model, batches)
+    if correct.shape != base_correct.shape:
+        raise ValueError(f"verification saw {correct.numel()} images, the original {base_correct.numel()}")
+    n = correct.numel()
+    d = base_correct.double() - correct.double()
+    se = 100.0 * float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("inf")
+    return Verification(images=n, base_accuracy=100.0 * float(base_correct.double().mean()),
+                        accuracy=100.0 * float(correct.double().mean()), drop=100.0 * float(d.mean()), se=se,
+                        margin=z * se, max_drop=max_drop)
