@@ -203,9 +203,15 @@ class _Run:
                        f"(confidence {cfg.confidence}); returning the original model (1.00x)")
         else:
             v = verification
-            verdict = (f"{'within' if within else 'OVER'} budget: {ratio:.2f}x fewer parameters, held-out drop "
-                       f"{v['drop']:+.2f} points (+{v['margin']:.2f} margin at confidence {cfg.confidence}) vs "
-                       f"max_drop {cfg.max_drop} on {v['images']} images")
+            measured = (f"held-out drop {v['drop']:+.2f} points (+{v['margin']:.2f} margin at confidence "
+                        f"{cfg.confidence}) on {v['images']} images")
+            if cfg.max_drop is None:
+                verdict = f"target ratio {cfg.target_ratio}x: {ratio:.2f}x fewer parameters, {measured}"
+                if info.get("reached_target") is False:
+                    verdict += " (target not reached: this is the most compressed assignment of the grid)"
+            else:
+                verdict = (f"{'within' if within else 'OVER'} budget: {ratio:.2f}x fewer parameters, {measured} "
+                           f"vs max_drop {cfg.max_drop}")
         plan.results = {
             "verdict": verdict, "within_budget": within and not fallback, "fallback_to_original": fallback,
             "calibration": {"images": self.calib.num_images, "base_accuracy": self.base_calib.accuracy,

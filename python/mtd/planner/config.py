@@ -60,7 +60,7 @@ class CompressConfig:
     layers: Optional[tuple[str, ...]] = None
     calib_size: int = 1024
     score_images: int = 512
-    holdout_size: int = 2000
+    holdout_size: int = 5000
     search_rounds: int = 3
     probe_fraction: float = 0.25
     layer_tolerance: Optional[float] = None
