@@ -15,7 +15,7 @@ seeded restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorly as tl
@@ -59,20 +59,34 @@ def _unit_columns(m: np.ndarray) -> np.ndarray:
     return m / np.where(norms > 0, norms, 1.0)
 
 
-def _leading_vectors(tensor: np.ndarray, mode: int, k: int) -> np.ndarray:
-    """The ``k`` leading left singular vectors (I_mode, k) of the mode-``mode`` unfolding."""
-    unfolding = np.moveaxis(tensor, mode, 0).reshape(tensor.shape[mode], -1)
-    # eigh of the small (I_n, I_n) Gram is much cheaper than an SVD of the wide unfolding
-    evals, evecs = np.linalg.eigh(unfolding @ unfolding.T)
-    return evecs[:, ::-1][:, :k]
+class GramBases:
+    """Eigenvectors of the Gram matrix of each unfolding of one tensor (largest eigenvalue first),
+    computed once: the GEVD start and the SVD start share them.  An unfolding's rows are a group of
+    modes, e.g. (2, 3) for the kernel mode kh*kw of a CP4 seen as a 3-way tensor."""
+
+    def __init__(self, tensor: np.ndarray):
+        self.tensor = tensor
+        self._bases = {}
+
+    def leading(self, modes: Tuple[int, ...], k: int) -> np.ndarray:
+        """The ``k`` leading left singular vectors (prod(I_modes), k) of the unfolding along ``modes``."""
+        if modes not in self._bases:
+            rows = int(np.prod([self.tensor.shape[m] for m in modes]))
+            unfolding = np.moveaxis(self.tensor, modes, tuple(range(len(modes)))).reshape(rows, -1)
+            # eigh of the small (rows, rows) Gram is much cheaper than an SVD of the wide unfolding
+            evals, evecs = np.linalg.eigh(unfolding @ unfolding.T)
+            self._bases[modes] = evecs[:, ::-1]
+        return self._bases[modes][:, :k]
 
 
-def svd_init(tensor: np.ndarray, rank: int, rng: np.random.Generator) -> List[np.ndarray]:
+def svd_init(tensor: np.ndarray, rank: int, rng: np.random.Generator,
+             bases: Optional[GramBases] = None) -> List[np.ndarray]:
     """Leading left singular vectors of each unfolding; modes shorter than ``rank`` (e.g. the
     kh*kw = 9 mode) keep all their singular vectors and get seeded random unit columns for the rest."""
+    bases = bases or GramBases(tensor)
     factors = []
     for n, size in enumerate(tensor.shape):
-        lead = _leading_vectors(tensor, n, min(rank, size))
+        lead = bases.leading((n,), min(rank, size))
         if rank > size:
             lead = np.concatenate([lead, _unit_columns(rng.standard_normal((size, rank - size)))], axis=1)
         factors.append(lead)
@@ -85,7 +99,7 @@ def _rank_one(slices: np.ndarray):
     return u[:, :, 0] * s[:, :1], vt[:, 0, :]
 
 
-def gevd_init(tensor: np.ndarray, rank: int) -> Optional[List[np.ndarray]]:
+def gevd_init(tensor: np.ndarray, rank: int, bases: Optional[GramBases] = None) -> Optional[List[np.ndarray]]:
     """CP factors (I_n, R) from one generalized eigenvalue problem (GEVD, as in Tensorlab's
     ``cpd_gevd``), exact for a tensor of exact rank ``rank``; None where it does not apply.
 
@@ -96,6 +110,8 @@ def gevd_init(tensor: np.ndarray, rank: int) -> Optional[List[np.ndarray]]:
     pinv(A~) G_(0), B = V B~ (and, for CP4, of each kernel column reshaped to (kh, kw)).  Conjugate pairs of eigenvectors (a
     tensor that is not of exact rank) contribute their real and imaginary parts."""
     shape = tensor.shape
+    bases = bases or GramBases(tensor)
+    groups = [(0,), (1,), tuple(range(2, len(shape)))]  # the modes of the 3-way view (T, S, kernel)
     view = (shape[0], shape[1], int(np.prod(shape[2:])))
     order = sorted(range(3), key=lambda m: -view[m])  # the two largest modes first (stable)
     if view[order[1]] < rank or view[order[2]] < 2:
@@ -103,9 +119,9 @@ def gevd_init(tensor: np.ndarray, rank: int) -> Optional[List[np.ndarray]]:
     p, q, o = order
     y = np.transpose(tensor.reshape(view), (p, q, o))  # (I, J, K)
     i, j, k = y.shape
-    u, v = _leading_vectors(y, 0, rank), _leading_vectors(y, 1, rank)  # (I, R), (J, R)
+    u, v = bases.leading(groups[p], rank), bases.leading(groups[q], rank)  # (I, R), (J, R)
     core = np.einsum("rjk,js->rsk", (u.T @ y.reshape(i, j * k)).reshape(rank, j, k), v, optimize=True)  # (R, R, K)
-    w = _leading_vectors(core, 2, 2)  # (K, 2): the two most informative slice combinations
+    w = GramBases(core).leading((2,), 2)  # (K, 2): the two most informative slice combinations
     g1, g2 = core @ w[:, 0], core @ w[:, 1]  # (R, R)
     try:
         vals, vecs = np.linalg.eig(np.linalg.solve(g2.T, g1.T).T)  # eigenvectors of G1 G2^-1: (R, R)
@@ -159,10 +175,11 @@ def adapt_init(factors: Sequence[np.ndarray], shape: Sequence[int], rank: int,
 GEVD_START_MAX_ERROR = 0.25
 
 
-def _exact_rank_start(tensor: np.ndarray, rank: int, norm_x: float) -> Optional[List[np.ndarray]]:
+def _exact_rank_start(tensor: np.ndarray, rank: int, norm_x: float,
+                      bases: GramBases) -> Optional[List[np.ndarray]]:
     """The GEVD start where it applies and already fits (relative error below GEVD_START_MAX_ERROR:
     a tensor of exact or nearly exact rank ``rank``), else None."""
-    start = gevd_init(tensor, rank)
+    start = gevd_init(tensor, rank, bases)
     if start is None or np.linalg.norm(tensor - reconstruct(start)) > GEVD_START_MAX_ERROR * norm_x:
         return None
     return start
@@ -285,11 +302,12 @@ def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max:
     if isinstance(init, str):
         if init not in ("svd", "random"):
             raise ValueError(f"init must be 'svd', 'random' or a sequence of factors, got {init!r}")
-        first = _exact_rank_start(tensor, rank, norm_x) if init == "svd" else random_init(shape, rank, rng)
+        bases = GramBases(tensor)
+        first = _exact_rank_start(tensor, rank, norm_x, bases) if init == "svd" else random_init(shape, rank, rng)
         if first is None and engine == "tensorly" and rank <= min(shape):
             first = "svd"  # tensorly's own SVD init: it only warns (and fills randomly) above a mode's size
         elif first is None:
-            first = svd_init(tensor, rank, rng)
+            first = svd_init(tensor, rank, rng, bases)
     else:
         first = adapt_init(init, shape, rank, rng)
     if engine == "tensorly":
