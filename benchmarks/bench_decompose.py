@@ -121,8 +121,8 @@ def exact_rank_rows() -> List[dict]:
 def exact_rank_table(rows: List[dict]) -> List[str]:
     lines = ["| T x S x kh x kw | method | rank | engine | seeds | worst rel_err | above 1e-3 | s (all seeds) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['shape']} | {r['method']} | {r['rank']} | {r['engine']} | {r['seeds']} | {r['max_rel_error']:.1e} "
-              f"| {r['above_1e-3']} | {r['seconds']:.2f} |" for r in rows]
+    lines += [f"| {r['shape']} | {r['method']} | {r['rank']} | {r['engine']} | {r['seeds']} "
+              f"| {r['max_rel_error']:.1e} | {r['above_1e-3']} | {r['seconds']:.2f} |" for r in rows]
     return lines
 
 

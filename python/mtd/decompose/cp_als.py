@@ -24,9 +24,9 @@ added (0.1%..30% of ||W||, 48 runs per level) it never ended worse than the SVD 
 GEVD_START_MAX_ERROR = 0.25: from it, trained VGG11 kernels fit at >= 0.51 at every planner rank, so
 they keep the SVD start and bit-identical factors.  Its check costs 0.15-0.65 s on 512x512x3x3
 (ranks 71-286; ~0.6-1 sweep, the Gram eigenvectors are shared with the SVD start), <= 1% of the
-100-sweep default; ranks above T and S skip it.  Not solved: ranks above T, S and kh*kw (e.g. 8x8x3x3
-at rank 10) have no GEVD start; there 14/64 stay above 1e-3, and the best of 2 (4) seeded starts
-brings that to 6/64 (2/64) at 2.3x (4.6x) the time, not taken as a default.
+100-sweep default; it is skipped where the rank exceeds two of T, S, kh*kw.  Not solved: a rank above
+T, S and kh*kw (e.g. 8x8x3x3 at rank 10) has no GEVD start; there 14/64 stay above 1e-3, and the best
+of 2 (4) seeded starts brings that to 6/64 (2/64) at 2.3x (4.6x) the time, not taken as a default.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class GramBases:
             rows = int(np.prod([self.tensor.shape[m] for m in modes]))
             unfolding = np.moveaxis(self.tensor, modes, tuple(range(len(modes)))).reshape(rows, -1)
             # eigh of the small (rows, rows) Gram is much cheaper than an SVD of the wide unfolding
-            evals, evecs = np.linalg.eigh(unfolding @ unfolding.T)
+            _, evecs = np.linalg.eigh(unfolding @ unfolding.T)
             self._bases[modes] = evecs[:, ::-1]
         return self._bases[modes][:, :k]
 
@@ -123,8 +123,9 @@ def gevd_init(tensor: np.ndarray, rank: int, bases: Optional[GramBases] = None) 
     >= 2): compress them to their ``rank`` leading singular vectors U, V, giving a core G (R, R, K);
     two combinations of its K slices, G1 = A~ D1 B~^T and G2 = A~ D2 B~^T, give A~ as the eigenvectors
     of G1 G2^-1 = A~ D1 D2^-1 A~^-1, and A = U A~.  B~ and C are rank-1 fits of the rows of
-    pinv(A~) G_(0), B = V B~ (and, for CP4, of each kernel column reshaped to (kh, kw)).  Conjugate pairs of eigenvectors (a
-    tensor that is not of exact rank) contribute their real and imaginary parts."""
+    pinv(A~) G_(0), B = V B~ (and, for CP4, the kernel factors are rank-1 fits of each column of C
+    reshaped to (kh, kw)).  Conjugate pairs of eigenvectors (a tensor that is not of exact rank)
+    contribute their real and imaginary parts."""
     shape = tensor.shape
     bases = bases or GramBases(tensor)
     groups = [(0,), (1,), tuple(range(2, len(shape)))]  # the modes of the 3-way view (T, S, kernel)
@@ -136,7 +137,8 @@ def gevd_init(tensor: np.ndarray, rank: int, bases: Optional[GramBases] = None) 
     y = np.transpose(tensor.reshape(view), (p, q, o))  # (I, J, K)
     i, j, k = y.shape
     u, v = bases.leading(groups[p], rank), bases.leading(groups[q], rank)  # (I, R), (J, R)
-    core = np.einsum("rjk,js->rsk", (u.T @ y.reshape(i, j * k)).reshape(rank, j, k), v, optimize=True)  # (R, R, K)
+    projected = (u.T @ y.reshape(i, j * k)).reshape(rank, j, k)  # (R, J, K)
+    core = np.einsum("rjk,js->rsk", projected, v, optimize=True)  # (R, R, K)
     w = GramBases(core).leading((2,), 2)  # (K, 2): the two most informative slice combinations
     g1, g2 = core @ w[:, 0], core @ w[:, 1]  # (R, R)
     try:
