@@ -8,7 +8,11 @@ tensorly's CP4 needs ~11 s a sweep at 512x512 rank 286 here), and reports second
 sweep (including the init) and the relative error both reach.  Two weights per shape: i.i.d. Gaussian ("random"),
 and one whose channel modes have a power-law spectrum ("decaying", closer to trained weights).
 
-Prints a table; writes benchmarks/results/bench_decompose.{json,md} (machine, BLAS threads, load).
+A second table ("exact rank") decomposes kernels of exact CP rank (random Gaussian factors,
+awkward shapes, 8 seeds) at that rank with the planner's default settings (100 sweeps, tol 1e-6)
+and reports the worst relative error, how many stay above 1e-3, and the time, for both engines.
+
+Prints the tables; writes benchmarks/results/bench_decompose.{json,md} (machine, BLAS threads, load).
 
     python benchmarks/bench_decompose.py            # ~5 min on the 2-core dev machine
     python benchmarks/bench_decompose.py --quick    # 64x64 and 256x256, 3 sweeps
@@ -37,12 +41,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_util as bu  # noqa: E402
 
 from mtd.decompose import ENGINES, cp4_decompose_conv, cp_decompose_conv, tucker2_decompose_conv  # noqa: E402
+from mtd.utils.atomic import atomic_write  # noqa: E402
 
 K = 3
 KEEPS = (1 / 8, 1 / 4)  # fraction of the dense layer's parameters the decomposition keeps
 SWEEPS = {64: 10, 256: 5, 512: 2}  # S = T (VGG16's 3x3 convs) -> sweeps for both engines
 QUICK_SHAPES = (64, 256)
 QUICK_SWEEPS = 3
+# (T, S, kh, kw, rank): the rank fits two modes of the (T, S, kh*kw) view (the GEVD start applies),
+# except the last, whose rank exceeds T, S and kh*kw (SVD start, plain ALS)
+EXACT_RANK_CASES = ((16, 32, 3, 1, 4), (16, 16, 5, 1, 6), (24, 20, 3, 1, 5), (64, 32, 3, 3, 12), (8, 8, 3, 3, 10))
+EXACT_RANK_SEEDS = 8
 
 
 def cp_rank(t: int, s: int, keep: float, kind: str) -> int:
@@ -81,6 +90,40 @@ def run_one(method: str, engine: str, w: np.ndarray, rank, iters: int) -> Tuple[
     f = calls[method]()
     seconds = time.perf_counter() - start
     return seconds, float(f.rel_error), int(getattr(f, "n_iter", iters))
+
+
+def exact_rank_kernel(method: str, shape: Tuple[int, int, int, int], rank: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """(T, S, kh, kw) kernel of exact CP3 (kernel factor (kh*kw, R)) or CP4 rank, Gaussian factors."""
+    t, s, kh, kw = shape
+    if method == "cp3":
+        a, b, c = (rng.standard_normal((n, rank)) for n in (t, s, kh * kw))
+        return np.einsum("tr,sr,kr->tsk", a, b, c).reshape(shape)
+    return np.einsum("tr,sr,ir,jr->tsij", *(rng.standard_normal((n, rank)) for n in shape))
+
+
+def exact_rank_rows() -> List[dict]:
+    """Worst error, failures (> 1e-3) and seconds over the seeds, per case, method and engine."""
+    rows = []
+    for *shape, rank in EXACT_RANK_CASES:
+        for method, decompose in (("cp3", cp_decompose_conv), ("cp4", cp4_decompose_conv)):
+            weights = [exact_rank_kernel(method, tuple(shape), rank, np.random.default_rng(seed))
+                       for seed in range(EXACT_RANK_SEEDS)]
+            for engine in ENGINES:
+                start = time.perf_counter()
+                errors = [decompose(w, rank, engine=engine).rel_error for w in weights]
+                rows.append({"shape": "x".join(map(str, shape)), "method": method, "rank": rank, "engine": engine,
+                             "seeds": len(weights), "max_rel_error": max(errors),
+                             "above_1e-3": sum(e > 1e-3 for e in errors), "seconds": time.perf_counter() - start})
+    return rows
+
+
+def exact_rank_table(rows: List[dict]) -> List[str]:
+    lines = ["| T x S x kh x kw | method | rank | engine | seeds | worst rel_err | above 1e-3 | s (all seeds) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['shape']} | {r['method']} | {r['rank']} | {r['engine']} | {r['seeds']} "
+              f"| {r['max_rel_error']:.1e} | {r['above_1e-3']} | {r['seconds']:.2f} |" for r in rows]
+    return lines
 
 
 def table(rows: List[dict]) -> List[str]:
@@ -138,6 +181,7 @@ def main() -> None:
                         print(f"{weight_kind:9s} {row['shape']:>16s} {method:8s} {str(rank):>10s} {engine:9s} "
                               f"{seconds:8.2f} {err:8.4f}", flush=True)
     total = time.perf_counter() - t_start
+    exact_rows = exact_rank_rows()
     ratios = [t["seconds"] / m["seconds"] for m, t in zip(rows[::2], rows[1::2])]
     machine = {**bu.machine_info(), "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "numpy": np.__version__, "tensorly": __import__("tensorly").__version__,
@@ -145,8 +189,8 @@ def main() -> None:
     summary = {"sweeps": {c: sweeps_for(c) for c in shapes}, "total_seconds": total,
                "geomean_tensorly_over_mtd_time": bu.geomean(ratios)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"machine": machine, "summary": summary, "rows": rows}, f, indent=1)
+    with atomic_write(args.out + ".json", "w") as f:
+        json.dump({"machine": machine, "summary": summary, "rows": rows, "exact_rank_rows": exact_rows}, f, indent=1)
     md = ["# Decomposition engines: mtd vs tensorly (same number of sweeps for both, tol=0)", "",
           f"Machine: {machine['cpu']}, {machine['cores']} cores, OpenBLAS threads {machine['openblas_threads']}, "
           f"numpy {machine['numpy']}, tensorly {machine['tensorly']}; load average before "
@@ -154,8 +198,10 @@ def main() -> None:
           f"{', '.join(f'{v:.1f}' for v in machine['loadavg_after'])} "
           "(other processes share the cores: times are noisy).", "",
           f"Geomean time tensorly / mtd: {summary['geomean_tensorly_over_mtd_time']:.2f}x; whole run {total:.0f} s.",
-          "", *table(rows), ""]
-    with open(args.out + ".md", "w") as f:
+          "", *table(rows), "",
+          "## Exact rank: kernels of exact CP rank, decomposed at that rank (100 sweeps, tol 1e-6)", "",
+          *exact_rank_table(exact_rows), ""]
+    with atomic_write(args.out + ".md", "w") as f:
         f.write("\n".join(md))
     print("\n".join(md[4:]))
     print(f"wrote {args.out}.json and {args.out}.md")

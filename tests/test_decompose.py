@@ -131,11 +131,67 @@ def test_rank_above_kernel_mode_size_uses_svd_init_without_warnings(rng):
     assert np.isfinite(g.rel_error) and g.rel_error < 1e-3
 
 
-def test_seeded_and_deterministic(rng):
-    w = rng.standard_normal((10, 9, 3, 3))
-    a = cp_decompose_conv(w, 5, init="random", seed=3)
-    b = cp_decompose_conv(w, 5, init="random", seed=3)
-    assert torch.equal(a.first, b.first) and a.rel_error == b.rel_error
+AWKWARD_EXACT_RANK = [(16, 32, 3, 1, 4), (32, 16, 1, 3, 4), (16, 16, 5, 1, 6), (8, 12, 3, 1, 3),
+                      (24, 20, 3, 1, 5), (64, 32, 3, 3, 12), (17, 64, 5, 5, 5), (16, 32, 3, 3, 16)]
+
+
+@pytest.mark.parametrize("t,s,kh,kw,rank", AWKWARD_EXACT_RANK)
+def test_exact_rank_kernels_are_recovered_on_awkward_shapes(t, s, kh, kw, rank):
+    # From the SVD start alone, 1/48 CP3 and 9/48 CP4 of these stopped above 1e-3 (up to 4.5e-2: ALS local minima).
+    for seed in range(6):
+        gen = np.random.default_rng(seed)
+        w3, w4 = cp3_kernel(gen, t, s, kh, kw, rank), cp4_kernel(gen, t, s, kh, kw, rank)
+        f3, f4 = cp_decompose_conv(w3, rank, seed=seed), cp4_decompose_conv(w4, rank, seed=seed)
+        assert f3.rel_error < 1e-6 and rel(w3, cp3_rebuild(f3)) < 1e-6, (seed, f3.rel_error)
+        assert f4.rel_error < 1e-6 and rel(w4, cp4_rebuild(f4)) < 1e-6, (seed, f4.rel_error)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nearly_exact_rank_kernel_reaches_the_noise_floor(engine):
+    # rank 4 plus 1% noise: the true factors leave ~1% error, so the best rank-4 CP is at most that
+    for seed in range(4):
+        gen = np.random.default_rng(seed)
+        w = cp4_kernel(gen, 16, 32, 3, 1, 4)
+        noise = gen.standard_normal(w.shape)
+        w_noisy = w + 0.01 * np.linalg.norm(w) / np.linalg.norm(noise) * noise
+        floor = rel(w_noisy, w)
+        assert cp_decompose_conv(w_noisy, 4, engine=engine).rel_error <= floor
+        assert cp4_decompose_conv(w_noisy, 4, engine=engine).rel_error <= floor
+
+
+def test_gevd_start_applies_only_where_two_modes_hold_the_rank(rng):
+    w = cp3_kernel(rng, 16, 32, 3, 1, 4).reshape(16, 32, 3)
+    factors = cp_als_module.gevd_init(w, 4)
+    assert [f.shape for f in factors] == [(16, 4), (32, 4), (3, 4)]
+    assert rel(w, cp_als_module.reconstruct(factors)) < 1e-10  # exact without any ALS sweep
+    assert cp_als_module.gevd_init(w, 17) is None  # only T = 32 >= 17
+    four_way = cp4_kernel(rng, 8, 32, 3, 3, 9)  # (T, S, kh*kw) = (8, 32, 9): S and the kernel hold rank 9
+    factors = cp_als_module.gevd_init(four_way, 9)
+    assert [f.shape for f in factors] == [(8, 9), (32, 9), (3, 9), (3, 9)]
+    assert rel(four_way, cp_als_module.reconstruct(factors)) < 1e-8
+
+
+@pytest.mark.parametrize("decompose", [cp_decompose_conv, cp4_decompose_conv])
+def test_kernels_far_from_the_rank_keep_the_svd_start(rng, decompose, monkeypatch):
+    # a Gaussian kernel (like trained ones) fits badly from the GEVD start: the result is the SVD start's
+    w = rng.standard_normal((24, 20, 3, 3))
+    with_check = decompose(w, 8)
+    monkeypatch.setattr(cp_als_module, "gevd_init", lambda *args: None)
+    without = decompose(w, 8)
+    assert torch.equal(with_check.first, without.first) and with_check.rel_error == without.rel_error
+
+
+@pytest.mark.parametrize("decompose", [cp_decompose_conv, cp4_decompose_conv])
+@pytest.mark.parametrize("kernel", ["exact", "gaussian"])
+@pytest.mark.parametrize("init", ["svd", "random"])
+def test_seeded_and_deterministic(rng, decompose, kernel, init):
+    w = cp4_kernel(rng, 10, 9, 3, 3, 5) if kernel == "exact" else rng.standard_normal((10, 9, 3, 3))
+    a = decompose(w, 5, init=init, seed=3)
+    b = decompose(w.copy(), 5, init=init, seed=3)
+    for name in ("first", "last", "depthwise", "vertical", "horizontal"):
+        if hasattr(a, name):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.rel_error == b.rel_error and a.n_iter == b.n_iter
 
 
 def test_warm_start_from_higher_and_lower_rank(rng):
