@@ -3,6 +3,7 @@ from .base import FactorizedConv2d
 from .counting import conv_flops, conv_output_hw, linear_flops, module_flops, num_parameters
 from .cp4_conv import CP4Conv2d
 from .cp_conv import CPConv2d
+from .inference import prepare_inference
 from .low_rank_linear import LowRankLinear
 from .surgery import fold_batchnorm, fold_batchnorm_into, get_module, iter_compressible, replace_module
 from .tucker_conv import TuckerConv2d
@@ -11,4 +12,5 @@ __all__ = [
     "FactorizedConv2d", "CPConv2d", "CP4Conv2d", "TuckerConv2d", "LowRankLinear",
     "conv_flops", "conv_output_hw", "linear_flops", "module_flops", "num_parameters",
     "fold_batchnorm", "fold_batchnorm_into", "get_module", "replace_module", "iter_compressible",
+    "prepare_inference",
 ]
