@@ -1,0 +1,116 @@
+#include "cpu/path_choice.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
+namespace mtd {
+namespace cpu {
+namespace {
+
+// Timed calls per path after one warm-up call (which also faults in scratch buffers and lets oneDNN
+// pick its primitive); the minimum is compared, which is robust to a noisy, shared machine.
+constexpr int kTimedReps = 3;
+
+std::mutex cache_mutex;
+std::unordered_map<std::string, Path>& cache() {
+  static std::unordered_map<std::string, Path> entries;
+  return entries;
+}
+
+enum class Forced { Auto, Fused, Chain };
+
+Forced forced_path() {
+  const char* env = std::getenv("MTD_CPU_PATH");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return Forced::Auto;
+  if (std::strcmp(env, "fused") == 0) return Forced::Fused;
+  if (std::strcmp(env, "chain") == 0) return Forced::Chain;
+  TORCH_CHECK_VALUE(false, "MTD_CPU_PATH=", env, " is not one of auto, fused, chain");
+}
+
+void put_sizes(std::ostringstream& key, at::IntArrayRef sizes) {
+  for (const auto s : sizes) key << s << ',';
+  key << '|';
+}
+
+std::string make_key(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  std::ostringstream key;
+  key << op << '|' << x.scalar_type() << '|' << (x.is_contiguous() ? "nchw" : "other") << '|';
+  put_sizes(key, x.sizes());
+  for (const auto& w : weights) put_sizes(key, w.sizes());
+  put_sizes(key, stride);
+  put_sizes(key, padding);
+  put_sizes(key, dilation);
+  key << has_bias << relu << "|threads=" << at::get_num_threads();
+  return key.str();
+}
+
+// Best of kTimedReps, in seconds; `out` keeps the last result.
+double best_time(c10::function_ref<at::Tensor()> fn, at::Tensor& out) {
+  out = fn();  // warm-up
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < kTimedReps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    out = fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+// Below the autograd layer a training forward and a no_grad inference look alike (grad mode is off
+// in both, parameters require grad in both); an input that requires grad is the sign of training
+// for every layer but the first.
+bool in_training_graph(const at::Tensor& x) { return x.requires_grad(); }
+
+}  // namespace
+
+at::Tensor run_fastest(const char* op, const at::Tensor& x, at::TensorList weights,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, bool relu, c10::function_ref<at::Tensor()> fused,
+                       c10::function_ref<at::Tensor()> chain) {
+  switch (forced_path()) {
+    case Forced::Fused: return fused();
+    case Forced::Chain: return chain();
+    case Forced::Auto: break;
+  }
+  const std::string key = make_key(op, x, weights, bias.has_value(), stride, padding, dilation, relu);
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    const auto it = cache().find(key);
+    if (it != cache().end()) return it->second == Path::Fused ? fused() : chain();
+  }
+  if (in_training_graph(x)) return fused();  // no timing inside a training step
+  at::Tensor fused_out, chain_out;
+  const double t_fused = best_time(fused, fused_out);
+  const double t_chain = best_time(chain, chain_out);
+  const Path choice = t_fused <= t_chain ? Path::Fused : Path::Chain;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    cache().emplace(key, choice);
+  }
+  return choice == Path::Fused ? fused_out : chain_out;
+}
+
+std::vector<std::pair<std::string, std::string>> path_cache_entries() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [key, path] : cache()) out.emplace_back(key, path == Path::Fused ? "fused" : "chain");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void clear_path_cache() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  cache().clear();
+}
+
+}  // namespace cpu
+}  // namespace mtd
