@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "e2e_cpu"),
                     help="output prefix; writes <out>.json and <out>.md")
     args = ap.parse_args()
@@ -161,6 +162,8 @@ def main() -> None:
     if not mtd.kernels.extension_available():
         sys.exit(f"mtd_kernels._C is not built ({mtd.kernels.extension_error()}); nothing fused to measure")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     load_before = load_average()
     print(f"machine: {bu.machine_info()}  load average: {load_before}", flush=True)
     torch.manual_seed(0)
