@@ -187,19 +187,24 @@ def main() -> None:
                              "times_ms": {k: [round(t, 3) for t in v] for k, v in times.items()},
                              "rel_diff_vs_chain": {k: float(f"{v:.2e}") for k, v in rel.items()}})
                 print(f"{kind:<7} b{batch:<3} " + "  ".join(f"{n} {med[n]:.2f}" for n in variants), flush=True)
+                write_results(args.out, args, ratio, load_before, rows)
+    for entry in summarise(rows):
+        print(entry)
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+def write_results(out: str, args, ratio: float, load_before: List[float], rows: List[dict]) -> None:
+    """(Re)write both result files; called after every measured model, so a cut-short run leaves them."""
     summary = summarise(rows)
     meta = {"machine": bu.machine_info(), "load_before": load_before, "load_after": load_average(),
             "param_ratio": ratio, "rounds": args.rounds, "calls": "5 (batch 1) / 1 (batch 64)",
             "mtd_cpu_path": os.environ.get("MTD_CPU_PATH", "auto"), "quick": args.quick}
-    for s in summary:
-        print(s)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".json.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".json.tmp"
     with open(tmp, "w") as f:
         json.dump({**meta, "rows": rows, "summary": summary}, f, indent=1)
-    os.replace(tmp, args.out + ".json")
-    write_markdown(args.out + ".md", meta, rows, summary)
-    print(f"wrote {args.out}.json and {args.out}.md")
+    os.replace(tmp, out + ".json")
+    write_markdown(out + ".md", meta, rows, summary)
 
 
 if __name__ == "__main__":

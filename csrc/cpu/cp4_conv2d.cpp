@@ -56,8 +56,7 @@ at::Tensor cp4_chain(const at::Tensor& input, const at::Tensor& w_first, const a
                  at::IntArrayRef({dilation[0], 1}), r);
   y = at::conv2d(y, w_h, {}, at::IntArrayRef({1, stride[1]}), at::IntArrayRef({0, padding[1]}),
                  at::IntArrayRef({1, dilation[1]}), r);
-  y = at::conv2d(y, w_last);
-  return cpu::finish_chain(input, y, bias, relu);
+  return cpu::finish_chain(input, at::conv2d(y, w_last, bias), relu);  // bias inside oneDNN's conv
 }
 
 }  // namespace

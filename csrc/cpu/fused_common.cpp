@@ -27,9 +27,8 @@ Window make_window(const char* op, const at::Tensor& x, int64_t kh, int64_t kw, 
   return g;
 }
 
-at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, const std::optional<at::Tensor>& bias, bool relu) {
-  if (bias.has_value() && bias->defined()) y = y + bias->view({1, -1, 1, 1});
-  if (relu) y = at::relu(y);
+at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, bool relu) {
+  if (relu) y.relu_();  // y is the last conv's fresh output
   return y.contiguous(wants_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 

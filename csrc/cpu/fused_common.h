@@ -34,8 +34,9 @@ struct Window {
 Window make_window(const char* op, const at::Tensor& x, int64_t kh, int64_t kw, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation);
 
-// The unfused ATen chain's tail (bias, ReLU, output layout): used for dtypes without a fused path.
-at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, const std::optional<at::Tensor>& bias, bool relu);
+// The unfused ATen chain's tail after its last conv (which added the bias): ReLU in place and the
+// output layout. The chain runs dtypes without a fused kernel and shapes where it measured faster.
+at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, bool relu);
 
 // True when the fused path handles this call (fp32/fp64, non-empty).
 bool fused_supported(const at::Tensor& x, int64_t r1, int64_t r2, int64_t t);

@@ -8,8 +8,10 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
+#include <vector>
 
 namespace mtd {
 namespace cpu {
@@ -19,9 +21,26 @@ namespace {
 // pick its primitive); the minimum is compared, which is robust to a noisy, shared machine.
 constexpr int kTimedReps = 3;
 
+// A call shape as plain integers (cheap to build and hash on every call): the op's name hashed,
+// then dtype, layout, every size, geometry, bias/ReLU and the thread count.
+using Key = std::vector<int64_t>;
+
+struct KeyHash {
+  size_t operator()(const Key& key) const {
+    size_t h = 0;
+    for (const int64_t v : key) h = h * 1000003u ^ std::hash<int64_t>()(v);
+    return h;
+  }
+};
+
+struct Entry {
+  std::string description;  // for path_cache_entries()
+  Path path;
+};
+
 std::mutex cache_mutex;
-std::unordered_map<std::string, Path>& cache() {
-  static std::unordered_map<std::string, Path> entries;
+std::unordered_map<Key, Entry, KeyHash>& cache() {
+  static std::unordered_map<Key, Entry, KeyHash> entries;
   return entries;
 }
 
@@ -35,22 +54,37 @@ Forced forced_path() {
   TORCH_CHECK_VALUE(false, "MTD_CPU_PATH=", env, " is not one of auto, fused, chain");
 }
 
-void put_sizes(std::ostringstream& key, at::IntArrayRef sizes) {
-  for (const auto s : sizes) key << s << ',';
-  key << '|';
+Key make_key(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias, at::IntArrayRef stride,
+             at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  Key key;
+  key.reserve(32);
+  key.push_back(static_cast<int64_t>(std::hash<std::string>()(op)));
+  key.push_back(static_cast<int64_t>(x.scalar_type()));
+  key.push_back(x.is_contiguous() ? 0 : x.is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 2);
+  auto put = [&key](at::IntArrayRef values) {
+    key.push_back(static_cast<int64_t>(values.size()));
+    key.insert(key.end(), values.begin(), values.end());
+  };
+  put(x.sizes());
+  for (const auto& w : weights) put(w.sizes());
+  put(stride);
+  put(padding);
+  put(dilation);
+  key.push_back(has_bias);
+  key.push_back(relu);
+  key.push_back(at::get_num_threads());
+  return key;
 }
 
-std::string make_key(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias,
+std::string describe(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
-  std::ostringstream key;
-  key << op << '|' << x.scalar_type() << '|' << (x.is_contiguous() ? "nchw" : "other") << '|';
-  put_sizes(key, x.sizes());
-  for (const auto& w : weights) put_sizes(key, w.sizes());
-  put_sizes(key, stride);
-  put_sizes(key, padding);
-  put_sizes(key, dilation);
-  key << has_bias << relu << "|threads=" << at::get_num_threads();
-  return key.str();
+  std::ostringstream out;
+  const char* layout = x.is_contiguous() ? "nchw" : x.is_contiguous(at::MemoryFormat::ChannelsLast) ? "nhwc" : "strided";
+  out << op << ' ' << x.scalar_type() << ' ' << layout << " x=" << x.sizes() << " w=";
+  for (const auto& w : weights) out << w.sizes();
+  out << " stride=" << stride << " padding=" << padding << " dilation=" << dilation << " bias=" << has_bias
+      << " relu=" << relu << " threads=" << at::get_num_threads();
+  return out.str();
 }
 
 // Best of kTimedReps, in seconds; `out` keeps the last result.
@@ -81,12 +115,15 @@ at::Tensor run_fastest(const char* op, const at::Tensor& x, at::TensorList weigh
     case Forced::Chain: return chain();
     case Forced::Auto: break;
   }
-  const std::string key = make_key(op, x, weights, bias.has_value(), stride, padding, dilation, relu);
+  const bool has_bias = bias.has_value() && bias->defined();
+  Key key = make_key(op, x, weights, has_bias, stride, padding, dilation, relu);
+  std::optional<Path> cached;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
     const auto it = cache().find(key);
-    if (it != cache().end()) return it->second == Path::Fused ? fused() : chain();
+    if (it != cache().end()) cached = it->second.path;
   }
+  if (cached.has_value()) return *cached == Path::Fused ? fused() : chain();
   if (in_training_graph(x)) return fused();  // no timing inside a training step
   at::Tensor fused_out, chain_out;
   const double t_fused = best_time(fused, fused_out);
@@ -94,7 +131,8 @@ at::Tensor run_fastest(const char* op, const at::Tensor& x, at::TensorList weigh
   const Path choice = t_fused <= t_chain ? Path::Fused : Path::Chain;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    cache().emplace(key, choice);
+    cache().emplace(std::move(key),
+                    Entry{describe(op, x, weights, has_bias, stride, padding, dilation, relu), choice});
   }
   return choice == Path::Fused ? fused_out : chain_out;
 }
@@ -102,7 +140,9 @@ at::Tensor run_fastest(const char* op, const at::Tensor& x, at::TensorList weigh
 std::vector<std::pair<std::string, std::string>> path_cache_entries() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& [key, path] : cache()) out.emplace_back(key, path == Path::Fused ? "fused" : "chain");
+  for (const auto& item : cache()) {
+    out.emplace_back(item.second.description, item.second.path == Path::Fused ? "fused" : "chain");
+  }
   std::sort(out.begin(), out.end());
   return out;
 }

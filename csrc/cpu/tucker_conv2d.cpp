@@ -85,8 +85,7 @@ at::Tensor tucker_chain(const at::Tensor& input, const at::Tensor& w_first, cons
                         at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
   auto y = at::conv2d(input, w_first);
   y = at::conv2d(y, w_core, {}, stride, padding, dilation);
-  y = at::conv2d(y, w_last);
-  return cpu::finish_chain(input, y, bias, relu);
+  return cpu::finish_chain(input, at::conv2d(y, w_last, bias), relu);  // bias inside oneDNN's conv
 }
 
 }  // namespace
