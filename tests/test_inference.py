@@ -80,6 +80,13 @@ def test_channels_last_and_double_prepare(compressed_vgg):
     _assert_close(prepared(x), model(x))
 
 
+class _SkipSequential(nn.Sequential):
+    """A Sequential subclass whose forward is not a chain: BN must not be folded into its conv."""
+
+    def forward(self, x):
+        return self[1](x) + self[0](x)
+
+
 class _Residual(nn.Module):
     """BN and ReLU reached through forward(), a skip connection and a conv reused twice."""
 
@@ -91,11 +98,12 @@ class _Residual(nn.Module):
         self.relu = nn.ReLU()
         self.shared = nn.Conv2d(8, 8, 1)
         self.tail = nn.Sequential(self.shared, nn.BatchNorm2d(8))  # shared is also used on its own
+        self.skip = _SkipSequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
 
     def forward(self, x):
         y = self.relu(self.bn(self.conv(x)))
         y = self.relu(self.body(y) + x)
-        return self.tail(y) + self.shared(x)
+        return self.skip(self.tail(y) + self.shared(x))
 
 
 def test_non_sequential_model_stays_correct():
@@ -109,6 +117,7 @@ def test_non_sequential_model_stays_correct():
     assert isinstance(prepared.body[1], nn.Identity)  # inside a Sequential: folded
     assert isinstance(prepared.bn, nn.BatchNorm2d) and not prepared.conv.relu  # forward() code: kept
     assert isinstance(prepared.tail[1], nn.BatchNorm2d)  # a module used twice: kept
+    assert isinstance(prepared.skip[1], nn.BatchNorm2d)  # a Sequential subclass with its own forward: kept
 
 
 def test_tiny_resnet():

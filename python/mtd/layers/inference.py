@@ -9,7 +9,7 @@ bias, and for a decomposed conv the ReLU runs in the fused op's epilogue (``laye
 the emptied BN / ReLU slots hold ``nn.Identity``.  A dense ``nn.Conv2d`` keeps its ReLU module
 (eager PyTorch has no conv+ReLU op to put it in).
 
-Only *consecutive children of an nn.Sequential* count as "follows": there the conv's output feeds
+Only *consecutive children of an nn.Sequential* (not a subclass with its own forward) count as "follows": there the conv's output feeds
 nothing but the next child, so the rewrite is exact.  Patterns written in an arbitrary
 ``forward()`` (``self.relu(self.bn(self.conv(x)))``, residual adds) are left untouched, because a
 module's attribute order says nothing about its data flow.  A module used at more than one place
@@ -38,9 +38,14 @@ def prepare_inference(model: nn.Module) -> nn.Module:
         raise TypeError(f"prepare_inference expects an nn.Module, got {type(model).__name__}")
     prepared = copy.deepcopy(model).eval()
     uses = Counter(id(m) for _, m in prepared.named_modules(remove_duplicate=False))
-    for container in [m for m in prepared.modules() if isinstance(m, nn.Sequential)]:
+    for container in [m for m in prepared.modules() if _chains_children(m)]:
         _fuse_sequential(container, uses)
     return prepared
+
+
+def _chains_children(module: nn.Module) -> bool:
+    """An nn.Sequential whose forward is Sequential's own (a subclass may route data differently)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _is_conv(module: nn.Module) -> bool:
