@@ -53,8 +53,18 @@ def compressed_layer(conv: nn.Conv2d, method: str, backend: str) -> nn.Module:
     geo = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
                backend=backend)
     if method == "cp":
-        return CPConv2d(s, t, (kh, kw), uniform_cp_rank(t, s, kh, kw, RATIO), **geo)
-    return TuckerConv2d(s, t, (kh, kw), uniform_tucker_ranks(t, s, kh, kw, RATIO), **geo)
+        layer = CPConv2d(s, t, (kh, kw), uniform_cp_rank(t, s, kh, kw, RATIO), **geo)
+    else:
+        layer = TuckerConv2d(s, t, (kh, kw), uniform_tucker_ranks(t, s, kh, kw, RATIO), **geo)
+    # Variance-preserving factors (std 1/sqrt(fan_in), the last one with ReLU gain): nn.Conv2d's
+    # default init shrinks activations ~3x per factor, so after a few layers they would be
+    # denormal floats, which are slow on x86 and would distort every timing.
+    factors = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+    for i, f in enumerate(factors):
+        fan_in = f.weight[0].numel()
+        gain = 2.0 if i == len(factors) - 1 else 1.0
+        nn.init.normal_(f.weight, std=(gain / fan_in) ** 0.5)
+    return layer
 
 
 def compress(dense: nn.Module, kind: str, backend: str) -> nn.Module:
@@ -105,6 +115,9 @@ def measure(variants: Dict[str, Callable], x: torch.Tensor, rounds: int, calls: 
 def check_outputs(variants: Dict[str, Callable], x: torch.Tensor) -> Dict[str, float]:
     """Relative difference of each compressed variant to the plain chain (same factors)."""
     ref = variants["chain"](x)
+    features = variants["chain"].features(x)
+    if not features.abs().max() > 1e-6:
+        raise RuntimeError("the random model's features vanished: the timings would not be representative")
     return {name: float((fn(x) - ref).norm() / ref.norm()) for name, fn in variants.items()
             if name not in ("dense", "compile(dense)", "chain")}
 
@@ -164,6 +177,10 @@ def main() -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    # All models share VGG.forward's code object: each compiled model is one more Dynamo entry for
+    # it, and past the default limit (8) Dynamo would silently run the later ones eagerly.
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.accumulated_recompile_limit = 256
     load_before = load_average()
     print(f"machine: {bu.machine_info()}  load average: {load_before}", flush=True)
     torch.manual_seed(0)
