@@ -40,7 +40,7 @@ def _extensions():
 
     debug = os.environ.get("MTD_DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp", "-std=c++17", "-DMTD_WITH_OPENMP"]
+    cxx += ["-fopenmp", "-std=c++17"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     ext_kwargs = dict(
         name="mtd_kernels._C",

@@ -1,8 +1,10 @@
 """CPU microbenchmark of the fused mtd ops on every conv layer of CIFAR VGG16.
 
 For each layer and batch size, with the CP3 rank / Tucker-2 ranks that keep 1/8 of the layer's
-parameters (random factors), times under torch.inference_mode():
-  dense conv, the unfused PyTorch chain (NCHW and channels_last), the fused op (NCHW and channels_last).
+parameters (the planner's uniform rank rules, random factors), times under torch.inference_mode():
+  dense conv, the unfused PyTorch chain (NCHW and channels_last), the fused kernel (NCHW and
+  channels_last, MTD_CPU_PATH=fused) and the op as it runs by default (channels_last, the per-shape
+  measured choice between the fused kernel and the chain).
 Speedups are against the best unfused chain of the same run. Prints a table and geometric means per
 (method, batch) and writes benchmarks/results/cpu_layers.{csv,json}.
 
@@ -12,10 +14,11 @@ Speedups are against the best unfused chain of the same run. Prints a table and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_util as bu  # noqa: E402
 
 import mtd_kernels  # noqa: E402
+from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa: E402
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-KEEP = 1 / 8  # fraction of the dense layer's parameters the decomposition keeps
+COMPRESSION = 8  # the decomposition keeps 1/COMPRESSION of the dense layer's parameters
 K = 3
 
 
@@ -42,17 +46,14 @@ def vgg16_convs(image: int = 32) -> List[Tuple[int, int, int]]:
     return convs
 
 
-def cp_rank(s: int, t: int, k: int = K) -> int:
-    """CP3 rank R with R*(S + k*k + T) = KEEP * S*T*k*k."""
-    return max(1, round(KEEP * s * t * k * k / (s + k * k + t)))
+def cp_rank(s: int, t: int, k: int = K, cp4: bool = False) -> int:
+    """The planner's uniform CP rule at 1/COMPRESSION of the layer's parameters."""
+    return uniform_cp_rank(t, s, k, k, COMPRESSION, cp4=cp4)
 
 
 def tucker_ranks(s: int, t: int, k: int = K) -> Tuple[int, int]:
-    """Tucker-2 ranks (R1, R2) = a*(S, T) with R1*S + R2*R1*k*k + T*R2 = KEEP * S*T*k*k."""
-    budget = KEEP * s * t * k * k
-    qa, qb = k * k * s * t, s * s + t * t  # qa*a^2 + qb*a - budget = 0
-    a = (-qb + math.sqrt(qb * qb + 4 * qa * budget)) / (2 * qa)
-    return max(1, round(a * s)), max(1, round(a * t))
+    """The planner's uniform Tucker-2 rule at 1/COMPRESSION of the layer's parameters."""
+    return uniform_tucker_ranks(t, s, k, k, COMPRESSION)
 
 
 def make_factors(method: str, s: int, t: int) -> Tuple[tuple, str]:
@@ -62,7 +63,7 @@ def make_factors(method: str, s: int, t: int) -> Tuple[tuple, str]:
         r = cp_rank(s, t)
         return (rnd(r, s, 1, 1), rnd(r, 1, K, K), rnd(t, r, 1, 1)), f"R={r}"
     if method == "cp4":
-        r = max(1, round(KEEP * s * t * K * K / (s + 2 * K + t)))
+        r = cp_rank(s, t, cp4=True)
         return (rnd(r, s, 1, 1), rnd(r, 1, K, 1), rnd(r, 1, 1, K), rnd(t, r, 1, 1)), f"R={r}"
     r1, r2 = tucker_ranks(s, t)
     return (rnd(r1, s, 1, 1), rnd(r2, r1, K, K), rnd(t, r2, 1, 1)), f"R1={r1},R2={r2}"
@@ -80,6 +81,20 @@ def chain(method: str, x, factors, bias):
     y = F.conv2d(x, wf)
     y = F.conv2d(y, wm, padding=1, groups=wm.shape[0] if method == "cp" else 1)
     return F.relu(F.conv2d(y, wl, bias))
+
+
+@contextlib.contextmanager
+def forced_cpu_path(path: str) -> Iterator[None]:
+    """Run the ops with ``MTD_CPU_PATH=path`` (fused kernel, chain, or the measured choice)."""
+    old = os.environ.get("MTD_CPU_PATH")
+    os.environ["MTD_CPU_PATH"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MTD_CPU_PATH"]
+        else:
+            os.environ["MTD_CPU_PATH"] = old
 
 
 FUSED = {"cp": mtd_kernels.cp_conv2d, "cp4": mtd_kernels.cp4_conv2d, "tucker": mtd_kernels.tucker_conv2d}
@@ -102,13 +117,17 @@ def bench_layer(idx: int, s: int, t: int, size: int, batch: int, methods: List[s
         factors, ranks = make_factors(method, s, t)
         factors_cl = tuple(f.contiguous(memory_format=torch.channels_last) for f in factors)
         fused = FUSED[method]
-        err = (fused(x, *factors, bias, 1, 1, 1, True) - chain(method, x, factors, bias)).abs().max().item()
+        with forced_cpu_path("fused"):
+            err = (fused(x, *factors, bias, 1, 1, 1, True) - chain(method, x, factors, bias)).abs().max().item()
         times = {
             "chain_nchw": bu.time_ms(lambda: chain(method, x, factors, bias), min_time, stat),
             "chain_cl": bu.time_ms(lambda: chain(method, x_cl, factors_cl, bias), min_time, stat),
-            "fused_nchw": bu.time_ms(lambda: fused(x, *factors, bias, 1, 1, 1, True), min_time, stat),
-            "fused_cl": bu.time_ms(lambda: fused(x_cl, *factors, bias, 1, 1, 1, True), min_time, stat),
         }
+        with forced_cpu_path("fused"):  # the fused kernel itself
+            times["fused_nchw"] = bu.time_ms(lambda: fused(x, *factors, bias, 1, 1, 1, True), min_time, stat)
+            times["fused_cl"] = bu.time_ms(lambda: fused(x_cl, *factors, bias, 1, 1, 1, True), min_time, stat)
+        with forced_cpu_path("auto"):  # what the op runs by default: the path it measured faster
+            times["op_cl"] = bu.time_ms(lambda: fused(x_cl, *factors, bias, 1, 1, 1, True), min_time, stat)
         best_chain = min(times["chain_nchw"], times["chain_cl"])
         rows.append({
             **bu.machine_info(), "layer": idx, "S": s, "T": t, "HW": size, "batch": batch, "method": method,
@@ -116,6 +135,7 @@ def bench_layer(idx: int, s: int, t: int, size: int, batch: int, methods: List[s
             "speedup_nchw": round(best_chain / times["fused_nchw"], 3),
             "speedup_cl": round(best_chain / times["fused_cl"], 3),
             "speedup_best": round(best_chain / min(times["fused_nchw"], times["fused_cl"]), 3),
+            "speedup_op_cl": round(best_chain / times["op_cl"], 3),
             "vs_dense": round(min(dense.values()) / min(times["fused_nchw"], times["fused_cl"]), 3),
             "max_abs_err": float(f"{err:.3g}"),
         })
@@ -136,7 +156,8 @@ def summarise(rows: List[Dict]) -> List[Dict]:
             if sel:
                 out.append({"method": method, "batch": batch, "layers": len(sel),
                             **{k: round(bu.geomean(r[k] for r in sel), 3)
-                               for k in ("speedup_nchw", "speedup_cl", "speedup_best", "vs_dense")}})
+                               for k in ("speedup_nchw", "speedup_cl", "speedup_best", "speedup_op_cl",
+                                         "vs_dense")}})
     return out
 
 
@@ -174,7 +195,8 @@ def main() -> None:
     print("\ngeomean speedup of the fused op vs the best unfused chain (and best fused vs best dense):")
     for sm in summary:
         print(f"  {sm['method']:<7} batch {sm['batch']:>3}: NCHW {sm['speedup_nchw']:.2f}x  "
-              f"channels_last {sm['speedup_cl']:.2f}x  best {sm['speedup_best']:.2f}x  vs dense {sm['vs_dense']:.2f}x")
+              f"channels_last {sm['speedup_cl']:.2f}x  best {sm['speedup_best']:.2f}x  "
+              f"op (auto path, CL) {sm['speedup_op_cl']:.2f}x  vs dense {sm['vs_dense']:.2f}x")
     bu.write_rows(rows, summary, args.out)
     print(f"wrote {args.out}.csv and {args.out}.json")
 

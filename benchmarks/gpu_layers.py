@@ -35,6 +35,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks
+
 VGG16_CFG: Sequence = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 BATCHES = (1, 32, 256)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -92,19 +94,13 @@ def vgg16_convs(cfg: Sequence = VGG16_CFG, hw: int = 32) -> List[ConvShape]:
 
 
 def cp_rank(conv: ConvShape, compression: int = COMPRESSION) -> int:
-    """Largest R with R * (S + k*k + T) <= dense / compression (at least 1)."""
-    budget = conv.c_in * conv.c_out * conv.k ** 2 / compression
-    return max(1, int(budget // (conv.c_in + conv.k ** 2 + conv.c_out)))
+    """The planner's uniform CP rule: the largest R keeping dense / compression parameters."""
+    return uniform_cp_rank(conv.c_out, conv.c_in, conv.k, conv.k, compression)
 
 
 def tucker_ranks(conv: ConvShape, compression: int = COMPRESSION) -> Tuple[int, int]:
-    """Equal ranks R1 = R2 filling dense / compression, with R1 <= S and R2 <= T."""
-    s, t, kk = conv.c_in, conv.c_out, conv.k ** 2
-    budget = s * t * kk / compression
-    r = int((-(s + t) + math.sqrt((s + t) ** 2 + 4 * kk * budget)) / (2 * kk))  # kk r^2 + (s+t) r = budget
-    r1 = max(1, min(r, s))
-    r2 = max(1, min(t, int((budget - r1 * s) // (r1 * kk + t))))  # spend what r1 <= S left over
-    return r1, r2
+    """The planner's uniform Tucker-2 rule: (R1, R2) = a * (S, T) keeping dense / compression parameters."""
+    return uniform_tucker_ranks(conv.c_out, conv.c_in, conv.k, conv.k, compression)
 
 
 def plan_cases(path: Path, convs: List[ConvShape]) -> List[Case]:

@@ -1,9 +1,11 @@
 // Registers the compiled kernels for the schemas defined (once) in mtd_kernels/ops/*.py, and the
 // small Python module mtd_kernels._C. The CUDA kernels are exposed as plain functions: the Python
-// CUDA entry of each op (mtd_kernels/dispatch.py) chooses between them and Triton.
+// CUDA entry of each op (mtd_kernels/dispatch.py) chooses between them and Triton. The CPU kernels
+// pick the fused or the chain path per shape themselves (cpu/path_choice.h).
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/path_choice.h"
 #include "ops.h"
 
 TORCH_LIBRARY_IMPL(mtd, CPU, m) {
@@ -20,20 +22,14 @@ bool has_cuda() {
   return false;
 #endif
 }
-
-bool has_openmp() {
-#ifdef _OPENMP
-  return true;
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mtd compiled kernels (CPU always; CUDA when built with it)";
   m.def("has_cuda", &has_cuda, "True when the hand-written CUDA kernels were compiled in");
-  m.def("has_openmp", &has_openmp, "True when the CPU kernels were compiled with OpenMP");
+  m.def("cpu_path_cache", &mtd::cpu::path_cache_entries,
+        "(shape key, 'fused'|'chain') of every CPU call shape whose path was chosen by measurement");
+  m.def("clear_cpu_path_cache", &mtd::cpu::clear_path_cache, "Forget the measured CPU path choices");
 #ifdef MTD_WITH_CUDA
   m.def("cp_conv2d_cuda", &mtd::cp_conv2d_cuda);
   m.def("cp4_conv2d_cuda", &mtd::cp4_conv2d_cuda);

@@ -2,6 +2,10 @@
 
 Importing is safe on any machine: no GPU is queried, Triton is optional, and a missing compiled
 extension only means the CPU ops run their (warned-about) pure-PyTorch implementation.
+
+On CPU each op chooses per call shape between its fused kernel and the unfused chain of oneDNN
+convolutions, by timing both on the first call of that shape (``MTD_CPU_PATH=fused|chain|auto``
+forces a path; :func:`cpu_path_cache` shows the choices).
 """
 from __future__ import annotations
 
@@ -9,20 +13,31 @@ from typing import Optional
 
 import torch
 
-from . import ops  # defines the schemas (must come before the extension registers kernels)
 from ._loader import extension_error, load_extension
+from ._register import register_all, register_cpu_fallbacks
+from .dispatch import cuda_backend, set_cuda_backend
 from .ops._chain import pair
 
+register_all()  # defines the schemas: must come before the extension registers its CPU kernels
 _ext = load_extension()
 if _ext is None:
-    ops.register_cpu_fallbacks()
-
-from .dispatch import cuda_backend, set_cuda_backend  # noqa: E402
+    register_cpu_fallbacks()
 
 
 def extension_available() -> bool:
     """True when the compiled C++ (and maybe CUDA) kernels are loaded."""
     return _ext is not None
+
+
+def cpu_path_cache() -> dict:
+    """{shape key: 'fused' | 'chain'}: the CPU path each call shape measured fastest (see ``MTD_CPU_PATH``)."""
+    return dict(_ext.cpu_path_cache()) if _ext is not None else {}
+
+
+def clear_cpu_path_cache() -> None:
+    """Forget the measured CPU path choices (the next call of each shape measures again)."""
+    if _ext is not None:
+        _ext.clear_cpu_path_cache()
 
 
 def cuda_extension_available() -> bool:
@@ -57,5 +72,5 @@ def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, 
 
 __all__ = [
     "cp_conv2d", "cp4_conv2d", "tucker_conv2d", "extension_available", "cuda_extension_available",
-    "extension_error", "cuda_backend", "set_cuda_backend",
+    "extension_error", "cuda_backend", "set_cuda_backend", "cpu_path_cache", "clear_cpu_path_cache",
 ]

@@ -9,14 +9,11 @@ from typing import Optional
 
 import torch
 
-from .ops._chain import pair
-from .ops._register import OPS
+from .ops import SPECS
 
 
 def _call(name: str, x, weights, bias, stride, padding, dilation, relu) -> torch.Tensor:
-    return OPS[name]["reference"](
-        x, *weights, bias, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), relu
-    )
+    return SPECS[name].reference(x, *weights, bias, stride, padding, dilation, relu)
 
 
 def cp_conv2d_ref(x, w_first, w_depthwise, w_last, bias: Optional[torch.Tensor] = None,

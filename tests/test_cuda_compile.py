@@ -105,3 +105,17 @@ def test_object_defines_the_host_entry_point(compiled, source: str) -> None:
     symbols = subprocess.run(["nm", "-C", "--defined-only", str(obj)], capture_output=True, text=True).stdout
     op = Path(source).stem
     assert f"mtd::{op}_cuda(at::Tensor const&" in symbols, f"mtd::{op}_cuda not defined in {source}"
+
+
+def test_hosts_use_the_shared_checks(compiled) -> None:
+    """The CUDA hosts call the checks and output-size formula of csrc/op_checks.cpp (which the CPU
+    kernels also use, and tests/test_kernel_dispatch.py checks), instead of a copy of their own."""
+    result, obj = compiled
+    if result.returncode != 0 or shutil.which("nm") is None:
+        pytest.skip("object not built or nm missing")
+    undefined = subprocess.run(["nm", "-C", "--undefined-only", str(obj)], capture_output=True, text=True).stdout
+    for symbol in ("mtd::output_hw(", "mtd::check_common(", "mtd::check_cp_shapes(", "mtd::check_cp4_shapes(",
+                   "mtd::check_tucker_shapes("):
+        assert symbol in undefined, f"{symbol} is not called from the CUDA objects"
+    defined = subprocess.run(["nm", "-C", "--defined-only", str(obj)], capture_output=True, text=True).stdout
+    assert "conv_out_size" not in defined, "a CUDA source defines its own output-size formula"

@@ -197,6 +197,27 @@ def test_torch_compile_fullgraph(backend, op):
     assert_close(compiled(x), layer(x).cpu().double(), 1e-6)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_bad_input_is_the_same_value_error_as_on_cpu(backend, op):
+    """H=2 < k=3 at stride 2 has no output row: every backend raises what the CPU kernel raises."""
+    case = CASES[0]
+    x, weights, bias = make_inputs(op, case, torch.float32, seed=9, device=DEVICE)
+    small = x[:, :, :2, :2]
+    for tensors in ((small.cpu(), [w.cpu() for w in weights], bias.cpu()), (small, weights, bias)):
+        with pytest.raises(ValueError, match="too small"):
+            getattr(mtd_kernels, op)(tensors[0], *tensors[1], tensors[2], 2, 0, 1, False)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_float64_runs_the_chain(backend, op):
+    case = CASES[0]
+    x, weights, bias = make_inputs(op, case, torch.float64, seed=10, device=DEVICE)
+    assert dispatch.cuda_kernel(op, torch.float64) is None
+    out = _run_op(op, x, weights, bias, case)
+    assert out.dtype == torch.float64 and _layout_ok(x, out)
+    assert_close(out, reference_output(op, x, weights, bias, case), 1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("op", OPS)
 def test_triton_autotuned_configs_are_correct(op, monkeypatch):

@@ -100,6 +100,12 @@ def expected_channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+@pytest.fixture(autouse=True)
+def _fused_path(monkeypatch):
+    """These tests are about the fused kernels: no per-shape choice of the chain (test_kernel_dispatch.py)."""
+    monkeypatch.setenv("MTD_CPU_PATH", "fused")
+
+
 def test_extension_is_loaded():
     assert mtd_kernels.extension_available(), mtd_kernels.extension_error()
 
@@ -234,6 +240,8 @@ def _bad_cases():
         "3d-input": (call(x=x[0]), "4-D"),
         "negative-padding": (call(padding=[-1, 0]), "padding >= 0"),
         "too-small": (call(x=torch.randn(1, 4, 2, 6)), "too small"),
+        # H=2 < k=3 at stride 2: floor((2 - 3) / 2) + 1 = 0 rows (truncating toward zero would give 1)
+        "too-small-strided": (call(x=torch.randn(1, 4, 2, 6), stride=[2, 2]), "too small"),
         "bias-shape": (call(bias=torch.randn(4)), "bias"),
     }
 

@@ -2,6 +2,8 @@
 // Same pipeline as cp_conv2d; the middle stage is the vertical stencil into a (rows_out, W, R) buffer
 // followed by the horizontal stencil into V, both vectorised over R and cache-resident.
 #include "cpu/fused_pipeline.h"
+#include "cpu/path_choice.h"
+#include "op_checks.h"
 #include "ops.h"
 
 namespace mtd {
@@ -45,17 +47,6 @@ struct Cp4Separable {
   }
 };
 
-void check_cp4_shapes(const at::Tensor& w_first, const at::Tensor& w_v, const at::Tensor& w_h,
-                      const at::Tensor& w_last) {
-  const int64_t r = w_first.size(0);
-  const bool ok = w_v.size(0) == r && w_v.size(1) == 1 && w_v.size(3) == 1 && w_h.size(0) == r &&
-                  w_h.size(1) == 1 && w_h.size(2) == 1 && w_last.size(1) == r;
-  TORCH_CHECK_VALUE(ok,
-                    "mtd.cp4_conv2d: factor shapes do not chain: expected w_first (R, S, 1, 1), "
-                    "w_vertical (R, 1, kh, 1), w_horizontal (R, 1, 1, kw), w_last (T, R, 1, 1); got ",
-                    w_first.sizes(), ", ", w_v.sizes(), ", ", w_h.sizes(), ", ", w_last.sizes());
-}
-
 at::Tensor cp4_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_v,
                      const at::Tensor& w_h, const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
@@ -65,8 +56,7 @@ at::Tensor cp4_chain(const at::Tensor& input, const at::Tensor& w_first, const a
                  at::IntArrayRef({dilation[0], 1}), r);
   y = at::conv2d(y, w_h, {}, at::IntArrayRef({1, stride[1]}), at::IntArrayRef({0, padding[1]}),
                  at::IntArrayRef({1, dilation[1]}), r);
-  y = at::conv2d(y, w_last);
-  return cpu::finish_chain(input, y, bias, relu);
+  return cpu::finish_chain(input, at::conv2d(y, w_last, bias), relu);  // bias inside oneDNN's conv
 }
 
 }  // namespace
@@ -75,7 +65,7 @@ at::Tensor cp4_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, co
                           const at::Tensor& w_horizontal, const at::Tensor& w_last,
                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
-  cpu::check_common("cp4_conv2d", input, {w_first, w_vertical, w_horizontal, w_last}, bias, stride, padding,
+  check_common("cp4_conv2d", input, {w_first, w_vertical, w_horizontal, w_last}, bias, stride, padding,
                     dilation);
   check_cp4_shapes(w_first, w_vertical, w_horizontal, w_last);
   const int64_t r = w_first.size(0), kh = w_vertical.size(2), kw = w_horizontal.size(3);
@@ -83,14 +73,21 @@ at::Tensor cp4_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, co
   if (!cpu::fused_supported(input, r, r, w_last.size(0))) {
     return cp4_chain(input, w_first, w_vertical, w_horizontal, w_last, bias, stride, padding, dilation, relu);
   }
-  const at::Tensor w_v = w_vertical.reshape({r, kh}).t().contiguous();    // (kh, R)
-  const at::Tensor w_h = w_horizontal.reshape({r, kw}).t().contiguous();  // (kw, R)
-  at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp4_conv2d_cpu", [&] {
-    const Cp4Separable<scalar_t> mid{r, r, w_v.data_ptr<scalar_t>(), w_h.data_ptr<scalar_t>(), g};
-    out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
-  });
-  return out;
+  auto fused = [&] {
+    const at::Tensor w_v = w_vertical.reshape({r, kh}).t().contiguous();    // (kh, R)
+    const at::Tensor w_h = w_horizontal.reshape({r, kw}).t().contiguous();  // (kw, R)
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp4_conv2d_cpu", [&] {
+      const Cp4Separable<scalar_t> mid{r, r, w_v.data_ptr<scalar_t>(), w_h.data_ptr<scalar_t>(), g};
+      out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
+    });
+    return out;
+  };
+  auto chain = [&] {
+    return cp4_chain(input, w_first, w_vertical, w_horizontal, w_last, bias, stride, padding, dilation, relu);
+  };
+  return cpu::run_fastest("cp4_conv2d", input, {w_first, w_vertical, w_horizontal, w_last}, bias, stride, padding,
+                          dilation, relu, fused, chain);
 }
 
 }  // namespace mtd

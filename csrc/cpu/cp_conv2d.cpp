@@ -2,6 +2,8 @@
 // Per task (image, chunk of output rows): U = first 1x1 of the rows the chunk reads (one GEMM),
 // V = depthwise of U vectorised over R, output tile = last 1x1 of V (one GEMM) + bias/ReLU in cache.
 #include "cpu/fused_pipeline.h"
+#include "cpu/path_choice.h"
+#include "op_checks.h"
 #include "ops.h"
 
 namespace mtd {
@@ -33,21 +35,12 @@ struct CpDepthwise {
   }
 };
 
-void check_cp_shapes(const at::Tensor& w_first, const at::Tensor& w_dw, const at::Tensor& w_last) {
-  const int64_t r = w_first.size(0);
-  TORCH_CHECK_VALUE(w_dw.size(0) == r && w_dw.size(1) == 1 && w_last.size(1) == r,
-                    "mtd.cp_conv2d: factor shapes do not chain: expected w_first (R, S, 1, 1), "
-                    "w_depthwise (R, 1, kh, kw), w_last (T, R, 1, 1) with one R; got ",
-                    w_first.sizes(), ", ", w_dw.sizes(), ", ", w_last.sizes());
-}
-
 at::Tensor cp_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_dw,
                     const at::Tensor& w_last, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                     at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
   auto y = at::conv2d(input, w_first);
   y = at::conv2d(y, w_dw, {}, stride, padding, dilation, w_dw.size(0));
-  y = at::conv2d(y, w_last);
-  return cpu::finish_chain(input, y, bias, relu);
+  return cpu::finish_chain(input, at::conv2d(y, w_last, bias), relu);  // bias inside oneDNN's conv
 }
 
 }  // namespace
@@ -55,20 +48,25 @@ at::Tensor cp_chain(const at::Tensor& input, const at::Tensor& w_first, const at
 at::Tensor cp_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,
                          const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
-  cpu::check_common("cp_conv2d", input, {w_first, w_depthwise, w_last}, bias, stride, padding, dilation);
+  check_common("cp_conv2d", input, {w_first, w_depthwise, w_last}, bias, stride, padding, dilation);
   check_cp_shapes(w_first, w_depthwise, w_last);
   const int64_t r = w_first.size(0), kh = w_depthwise.size(2), kw = w_depthwise.size(3);
   const cpu::Window g = cpu::make_window("cp_conv2d", input, kh, kw, stride, padding, dilation);
   if (!cpu::fused_supported(input, r, r, w_last.size(0))) {
     return cp_chain(input, w_first, w_depthwise, w_last, bias, stride, padding, dilation, relu);
   }
-  const at::Tensor w_taps = w_depthwise.reshape({r, kh * kw}).t().contiguous();  // (kh*kw, R)
-  at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp_conv2d_cpu", [&] {
-    const CpDepthwise<scalar_t> mid{r, r, w_taps.data_ptr<scalar_t>(), g};
-    out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
-  });
-  return out;
+  auto fused = [&] {
+    const at::Tensor w_taps = w_depthwise.reshape({r, kh * kw}).t().contiguous();  // (kh*kw, R)
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp_conv2d_cpu", [&] {
+      const CpDepthwise<scalar_t> mid{r, r, w_taps.data_ptr<scalar_t>(), g};
+      out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
+    });
+    return out;
+  };
+  auto chain = [&] { return cp_chain(input, w_first, w_depthwise, w_last, bias, stride, padding, dilation, relu); };
+  return cpu::run_fastest("cp_conv2d", input, {w_first, w_depthwise, w_last}, bias, stride, padding, dilation, relu,
+                          fused, chain);
 }
 
 }  // namespace mtd

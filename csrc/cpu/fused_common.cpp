@@ -1,52 +1,14 @@
-// Argument checks, tiling plan and the raw-pointer GEMM shared by the fused CPU kernels.
+// Window geometry, tiling plan and the raw-pointer GEMM shared by the fused CPU kernels.
 #include "cpu/fused_common.h"
 #include "cpu/fused_pipeline.h"
 
 #include <dlfcn.h>
 
 #include <climits>
-#include <string>
+#include <tuple>
 
 namespace mtd {
 namespace cpu {
-
-namespace {
-std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
-}  // namespace
-
-void check_common(const char* op, const at::Tensor& x, at::TensorList weights,
-                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "mtd.", op, ": input must be 4-D (N, C, H, W), got shape ", shape_str(x));
-  for (const auto& w : weights) {
-    TORCH_CHECK_VALUE(w.dim() == 4, "mtd.", op, ": every factor must be a 4-D conv weight, got shape ",
-                      shape_str(w));
-    TORCH_CHECK_VALUE(w.scalar_type() == x.scalar_type() && w.device() == x.device(), "mtd.", op,
-                      ": factors must match the input's dtype and device (", x.scalar_type(), ", ", x.device(),
-                      "), got ", w.scalar_type(), " on ", w.device());
-  }
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(), "mtd.", op,
-                      ": bias must match the input's dtype and device");
-  }
-  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "mtd.", op,
-                    ": stride, padding and dilation must be pairs");
-  TORCH_CHECK_VALUE(std::min(stride[0], stride[1]) >= 1 && std::min(dilation[0], dilation[1]) >= 1 &&
-                        std::min(padding[0], padding[1]) >= 0,
-                    "mtd.", op, ": stride and dilation must be >= 1 and padding >= 0, got stride=", stride,
-                    " padding=", padding, " dilation=", dilation);
-  const at::Tensor& w_first = weights.front();
-  const at::Tensor& w_last = weights.back();
-  TORCH_CHECK_VALUE(w_first.size(2) == 1 && w_first.size(3) == 1 && w_last.size(2) == 1 && w_last.size(3) == 1,
-                    "mtd.", op, ": the first and last factors must be 1x1 conv weights");
-  TORCH_CHECK_VALUE(w_first.size(1) == x.size(1), "mtd.", op, ": input has ", x.size(1),
-                    " channels but the first factor expects ", w_first.size(1));
-  if (has_bias) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w_last.size(0), "mtd.", op, ": bias must have shape (",
-                      w_last.size(0), ",), got ", shape_str(*bias));
-  }
-}
 
 Window make_window(const char* op, const at::Tensor& x, int64_t kh, int64_t kw, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -61,25 +23,12 @@ Window make_window(const char* op, const at::Tensor& x, int64_t kh, int64_t kw, 
   g.pw = padding[1];
   g.dh = dilation[0];
   g.dw = dilation[1];
-  // floor division of a possibly negative numerator, as in the Python conv_out_size
-  auto out_size = [](int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
-    const int64_t num = size + 2 * p - d * (k - 1) - 1;
-    return (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
-  };
-  g.ho = out_size(g.h, kh, g.sh, g.ph, g.dh);
-  g.wo = out_size(g.w, kw, g.sw, g.pw, g.dw);
-  TORCH_CHECK_VALUE(g.ho >= 1 && g.wo >= 1, "mtd.", op, ": input of spatial size (", g.h, ", ", g.w,
-                    ") is too small for this kernel (output would be ", g.ho, "x", g.wo, ")");
+  std::tie(g.ho, g.wo) = output_hw(op, x, kh, kw, stride, padding, dilation);
   return g;
 }
 
-bool wants_channels_last(const at::Tensor& x) {
-  return x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-}
-
-at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, const std::optional<at::Tensor>& bias, bool relu) {
-  if (bias.has_value() && bias->defined()) y = y + bias->view({1, -1, 1, 1});
-  if (relu) y = at::relu(y);
+at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, bool relu) {
+  if (relu) y.relu_();  // y is the last conv's fresh output
   return y.contiguous(wants_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 

@@ -1,10 +1,12 @@
-// Building blocks shared by the fused CPU kernels (cp_conv2d, cp4_conv2d, tucker_conv2d): argument
-// checks, the middle stage's window geometry, a raw-pointer GEMM, the depthwise stencil, thread-local
-// scratch and the bias/ReLU epilogue. The pipeline that uses them is in cpu/fused_pipeline.h.
+// Building blocks shared by the fused CPU kernels (cp_conv2d, cp4_conv2d, tucker_conv2d): the middle
+// stage's window geometry, a raw-pointer GEMM, the depthwise stencil, thread-local scratch and the
+// bias/ReLU epilogue. The pipeline that uses them is in cpu/fused_pipeline.h.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include "op_checks.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -28,20 +30,13 @@ struct Window {
   }
 };
 
-// ----- argument checks (the same conditions as mtd_kernels/ops/_chain.py::check_common) -----
-void check_common(const char* op, const at::Tensor& x, at::TensorList weights,
-                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation);
-
 // Window of the middle stage; errors clearly when the input is too small for the kernel.
 Window make_window(const char* op, const at::Tensor& x, int64_t kh, int64_t kw, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation);
 
-// True when the output must be channels_last (input channels_last-contiguous and not contiguous).
-bool wants_channels_last(const at::Tensor& x);
-
-// The unfused ATen chain's tail (bias, ReLU, output layout): used for dtypes without a fused path.
-at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, const std::optional<at::Tensor>& bias, bool relu);
+// The unfused ATen chain's tail after its last conv (which added the bias): ReLU in place and the
+// output layout. The chain runs dtypes without a fused kernel and shapes where it measured faster.
+at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, bool relu);
 
 // True when the fused path handles this call (fp32/fp64, non-empty).
 bool fused_supported(const at::Tensor& x, int64_t r1, int64_t r2, int64_t t);

@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "cpu/fused_pipeline.h"
+#include "cpu/path_choice.h"
+#include "op_checks.h"
 #include "ops.h"
 
 namespace mtd {
@@ -78,20 +80,12 @@ struct TuckerCore {
   }
 };
 
-void check_tucker_shapes(const at::Tensor& w_first, const at::Tensor& w_core, const at::Tensor& w_last) {
-  TORCH_CHECK_VALUE(w_core.size(1) == w_first.size(0) && w_last.size(1) == w_core.size(0),
-                    "mtd.tucker_conv2d: factor shapes do not chain: expected w_first (R1, S, 1, 1), "
-                    "w_core (R2, R1, kh, kw), w_last (T, R2, 1, 1); got ",
-                    w_first.sizes(), ", ", w_core.sizes(), ", ", w_last.sizes());
-}
-
 at::Tensor tucker_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_core,
                         const at::Tensor& w_last, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
   auto y = at::conv2d(input, w_first);
   y = at::conv2d(y, w_core, {}, stride, padding, dilation);
-  y = at::conv2d(y, w_last);
-  return cpu::finish_chain(input, y, bias, relu);
+  return cpu::finish_chain(input, at::conv2d(y, w_last, bias), relu);  // bias inside oneDNN's conv
 }
 
 }  // namespace
@@ -100,7 +94,7 @@ at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first,
                              const at::Tensor& w_last, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              bool relu) {
-  cpu::check_common("tucker_conv2d", input, {w_first, w_core, w_last}, bias, stride, padding, dilation);
+  check_common("tucker_conv2d", input, {w_first, w_core, w_last}, bias, stride, padding, dilation);
   check_tucker_shapes(w_first, w_core, w_last);
   const int64_t r1 = w_core.size(1), r2 = w_core.size(0), kh = w_core.size(2), kw = w_core.size(3);
   const cpu::Window g = cpu::make_window("tucker_conv2d", input, kh, kw, stride, padding, dilation);
@@ -110,14 +104,19 @@ at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first,
   // Permuting the core to (R2, kh, kw, R1) makes the im2col contiguous copies, but costs a strided
   // pass over the whole core (R2*K) instead of strided im2col writes (pixels*K): worth it only when
   // the call has more output pixels than core rows.
-  const bool tap_major = r2 < input.size(0) * g.ho * g.wo;
-  const at::Tensor core = tap_major ? w_core.permute({0, 2, 3, 1}).contiguous() : w_core.contiguous();
-  at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tucker_conv2d_cpu", [&] {
-    const TuckerCore<scalar_t> mid{r1, r2, core.data_ptr<scalar_t>(), g, tap_major};
-    out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
-  });
-  return out;
+  auto fused = [&] {
+    const bool tap_major = r2 < input.size(0) * g.ho * g.wo;
+    const at::Tensor core = tap_major ? w_core.permute({0, 2, 3, 1}).contiguous() : w_core.contiguous();
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tucker_conv2d_cpu", [&] {
+      const TuckerCore<scalar_t> mid{r1, r2, core.data_ptr<scalar_t>(), g, tap_major};
+      out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
+    });
+    return out;
+  };
+  auto chain = [&] { return tucker_chain(input, w_first, w_core, w_last, bias, stride, padding, dilation, relu); };
+  return cpu::run_fastest("tucker_conv2d", input, {w_first, w_core, w_last}, bias, stride, padding, dilation, relu,
+                          fused, chain);
 }
 
 }  // namespace mtd

@@ -3,8 +3,6 @@
 #include "../ops.h"
 #include "fused_host.cuh"
 
-#include <array>
-
 namespace mtd {
 namespace cuda_detail {
 namespace {
@@ -68,38 +66,17 @@ at::Tensor cp4_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, c
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
   using namespace cuda_detail;
-  constexpr const char* op = "mtd.cp4_conv2d (CUDA)";
+  constexpr const char* op = "cp4_conv2d";
   check_common(op, input, {w_first, w_vertical, w_horizontal, w_last}, bias, stride, padding, dilation);
+  check_cp4_shapes(w_first, w_vertical, w_horizontal, w_last);
   const int64_t S = input.size(1), R = w_first.size(0), T_out = w_last.size(0);
-  check_pointwise(op, w_first, -1, S, "w_first");
-  check_pointwise(op, w_last, -1, R, "w_last");
-  TORCH_CHECK(w_vertical.size(0) == R && w_vertical.size(1) == 1 && w_vertical.size(3) == 1, op,
-              ": w_vertical must have shape (R, 1, kh, 1) with R = ", R, ", got ", w_vertical.sizes());
-  TORCH_CHECK(w_horizontal.size(0) == R && w_horizontal.size(1) == 1 && w_horizontal.size(2) == 1, op,
-              ": w_horizontal must have shape (R, 1, 1, kw) with R = ", R, ", got ", w_horizontal.sizes());
-  TORCH_CHECK(!bias.has_value() || bias->size(0) == T_out, op, ": bias must have ", T_out, " elements");
   const int kh = static_cast<int>(w_vertical.size(2)), kw = static_cast<int>(w_horizontal.size(3));
-  const int64_t ho = conv_out_size(input.size(2), kh, stride[0], padding[0], dilation[0]);
-  const int64_t wo = conv_out_size(input.size(3), kw, stride[1], padding[1], dilation[1]);
-  TORCH_CHECK(ho >= 1 && wo >= 1, op, ": input of spatial size ", input.sizes().slice(2),
-              " is too small for this kernel");
-
   const c10::cuda::CUDAGuard guard(input.device());
-  if (input.scalar_type() == at::kDouble) {
-    at::Tensor y = at::conv2d(input, w_first);
-    const std::array<int64_t, 2> v_stride{stride[0], 1}, v_pad{padding[0], 0}, v_dil{dilation[0], 1};
-    const std::array<int64_t, 2> h_stride{1, stride[1]}, h_pad{0, padding[1]}, h_dil{1, dilation[1]};
-    y = at::conv2d(y, w_vertical, {}, v_stride, at::IntArrayRef(v_pad), v_dil, R);
-    y = at::conv2d(y, w_horizontal, {}, h_stride, at::IntArrayRef(h_pad), h_dil, R);
-    return finish_chain(input, at::conv2d(y, w_last), bias, relu);
-  }
-  at::Tensor out = alloc_output(input, T_out, ho, wo);
-  if (out.numel() == 0) return out;
-  if (R == 0 || S == 0) {  // the chain is just the bias (or zeros)
-    out.zero_();
-    if (bias.has_value()) out.add_(bias->view({1, -1, 1, 1}));
-    return relu ? out.relu_() : out;
-  }
+  HostCall call = begin_call(op, input, T_out, bias, stride, padding,
+                             dilation, relu, kh, kw, R == 0 || S == 0);
+  if (call.done) return call.out;
+  at::Tensor& out = call.out;
+  const int64_t ho = call.ho, wo = call.wo;
   const at::Tensor wf = w_first.contiguous(), wv = w_vertical.contiguous(), wh = w_horizontal.contiguous(),
                    wl = w_last.contiguous();
   const int device = input.get_device();

@@ -1,4 +1,4 @@
-// Host-side helpers shared by the fused CUDA ops: argument checks, output allocation, tile choice
+// Host-side helpers shared by the fused CUDA ops: the call prologue, tile choice
 // under the device's shared-memory limit, and the launch.
 //
 // Only c10/cuda headers are used (CUDAGuard, CUDAStream, CUDAException): they ship with every torch
@@ -13,10 +13,12 @@
 
 #include <algorithm>
 #include <functional>
-#include <initializer_list>
+#include <climits>
 #include <optional>
+#include <tuple>
 
 #include "fused_device.cuh"
+#include "op_checks.h"
 
 // float, half and bfloat16 only (AT_DISPATCH_FLOATING_TYPES would also instantiate double).
 #define MTD_DISPATCH_FLOAT_HALF_BF16(TYPE, NAME, ...)                                  \
@@ -31,62 +33,41 @@ template <typename T> struct NativeType { using type = T; };
 template <> struct NativeType<at::Half> { using type = __half; };
 template <> struct NativeType<at::BFloat16> { using type = __nv_bfloat16; };
 
-inline int64_t conv_out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return (size + 2 * p - d * (k - 1) - 1) / s + 1;
-}
+// What every host entry does before choosing a tile, once the shared argument checks (op_checks.h:
+// the same ValueErrors as on CPU) passed: the CUDA/dtype checks and the output (the layout rule of
+// wants_channels_last). `done` is set when no kernel needs to run: an empty output, or a chain that
+// reduces to its bias because a rank or the input channels are zero (`degenerate`).
+struct HostCall {
+  at::Tensor out;
+  int64_t ho = 0, wo = 0;
+  bool done = false;
+};
 
-// Checks every op shares: devices, dtypes, ranks, geometry, first/last factors and bias.
-inline void check_common(const char* op, const at::Tensor& x, std::initializer_list<at::Tensor> weights,
-                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                         at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK(x.is_cuda(), op, ": input must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", x.sizes());
+inline HostCall begin_call(const char* op, const at::Tensor& x, int64_t t_out, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu,
+                           int64_t kh, int64_t kw, bool degenerate) {
+  TORCH_CHECK_VALUE(x.is_cuda(), "mtd.", op, " (CUDA): input must be a CUDA tensor, got ", x.device());
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, op,
-              ": supports float32, float16, bfloat16 (fused) and float64 (unfused chain), got ", dt);
-  for (const auto& w : weights) {
-    TORCH_CHECK(w.dim() == 4, op, ": every factor must be a 4-D conv weight, got ", w.sizes());
-    TORCH_CHECK(w.device() == x.device() && w.scalar_type() == dt, op,
-                ": factors must match the input's device and dtype (", x.device(), ", ", dt, "), got ",
-                w.device(), ", ", w.scalar_type());
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, "mtd.", op,
+                    " (CUDA): the fused kernel supports float32, float16 and bfloat16, got ", dt,
+                    " (torch.ops.mtd.* run other dtypes as the unfused chain)");
+  TORCH_CHECK_VALUE(x.size(0) <= INT32_MAX && x.size(1) <= INT32_MAX && x.size(2) <= INT32_MAX &&
+                        x.size(3) <= INT32_MAX,
+                    "mtd.", op, " (CUDA): input dimensions must fit in 32 bits");
+  HostCall call;
+  std::tie(call.ho, call.wo) = output_hw(op, x, kh, kw, stride, padding, dilation);
+  call.out = at::empty({x.size(0), t_out, call.ho, call.wo},
+                       x.options().memory_format(wants_channels_last(x) ? at::MemoryFormat::ChannelsLast
+                                                                        : at::MemoryFormat::Contiguous));
+  if (call.out.numel() == 0) {
+    call.done = true;
+  } else if (degenerate) {  // the chain is just the bias (or zeros)
+    call.out.zero_();
+    if (bias.has_value()) call.out.add_(bias->view({1, -1, 1, 1}));
+    if (relu) call.out.relu_();
+    call.done = true;
   }
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->device() == x.device() && bias->scalar_type() == dt, op,
-                ": bias must match the input's device and dtype");
-    TORCH_CHECK(bias->dim() == 1, op, ": bias must be 1-D, got ", bias->sizes());
-  }
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-              ": stride, padding and dilation must be pairs");
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
-                  padding[1] >= 0,
-              op, ": stride and dilation must be >= 1 and padding >= 0, got stride=", stride,
-              " padding=", padding, " dilation=", dilation);
-  TORCH_CHECK(x.size(0) <= INT32_MAX && x.size(1) <= INT32_MAX && x.size(2) <= INT32_MAX &&
-                  x.size(3) <= INT32_MAX,
-              op, ": input dimensions must fit in 32 bits");
-}
-
-inline void check_pointwise(const char* op, const at::Tensor& w, int64_t out_ch, int64_t in_ch,
-                            const char* name) {
-  TORCH_CHECK((out_ch < 0 || w.size(0) == out_ch) && w.size(1) == in_ch && w.size(2) == 1 && w.size(3) == 1,
-              op, ": ", name, " must be a 1x1 conv weight with ", in_ch, " input channels, got ", w.sizes());
-}
-
-// The layout rule every implementation follows: channels_last out iff the input is
-// channels_last-contiguous and not (also) plain contiguous.
-inline at::Tensor alloc_output(const at::Tensor& x, int64_t t_out, int64_t ho, int64_t wo) {
-  const bool cl = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-  return at::empty({x.size(0), t_out, ho, wo},
-                   x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-}
-
-// float64 is not worth a fused kernel; it runs the unfused chain (same result, same layout rule).
-inline at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, const std::optional<at::Tensor>& bias,
-                               bool relu) {
-  if (bias.has_value()) y = y + bias->view({1, -1, 1, 1});
-  if (relu) y = at::relu(y);
-  const bool cl = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-  return y.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  return call;
 }
 
 inline Geometry4d geometry_of(const at::Tensor& t) {

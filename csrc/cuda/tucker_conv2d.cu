@@ -62,32 +62,17 @@ at::Tensor tucker_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                               bool relu) {
   using namespace cuda_detail;
-  constexpr const char* op = "mtd.tucker_conv2d (CUDA)";
+  constexpr const char* op = "tucker_conv2d";
   check_common(op, input, {w_first, w_core, w_last}, bias, stride, padding, dilation);
+  check_tucker_shapes(w_first, w_core, w_last);
   const int64_t S = input.size(1), R1 = w_first.size(0), R2 = w_core.size(0), T_out = w_last.size(0);
-  check_pointwise(op, w_first, -1, S, "w_first");
-  check_pointwise(op, w_last, -1, R2, "w_last");
-  TORCH_CHECK(w_core.size(1) == R1, op, ": w_core must have shape (R2, R1, kh, kw) with R1 = ", R1, ", got ",
-              w_core.sizes());
-  TORCH_CHECK(!bias.has_value() || bias->size(0) == T_out, op, ": bias must have ", T_out, " elements");
   const int kh = static_cast<int>(w_core.size(2)), kw = static_cast<int>(w_core.size(3));
-  const int64_t ho = conv_out_size(input.size(2), kh, stride[0], padding[0], dilation[0]);
-  const int64_t wo = conv_out_size(input.size(3), kw, stride[1], padding[1], dilation[1]);
-  TORCH_CHECK(ho >= 1 && wo >= 1, op, ": input of spatial size ", input.sizes().slice(2),
-              " is too small for this kernel");
-
   const c10::cuda::CUDAGuard guard(input.device());
-  if (input.scalar_type() == at::kDouble) {
-    at::Tensor y = at::conv2d(at::conv2d(input, w_first), w_core, {}, stride, padding, dilation);
-    return finish_chain(input, at::conv2d(y, w_last), bias, relu);
-  }
-  at::Tensor out = alloc_output(input, T_out, ho, wo);
-  if (out.numel() == 0) return out;
-  if (R1 == 0 || R2 == 0 || S == 0 || kh * kw == 0) {  // the chain is just the bias (or zeros)
-    out.zero_();
-    if (bias.has_value()) out.add_(bias->view({1, -1, 1, 1}));
-    return relu ? out.relu_() : out;
-  }
+  HostCall call = begin_call(op, input, T_out, bias, stride, padding, dilation, relu, kh, kw,
+                             R1 == 0 || R2 == 0 || S == 0 || kh * kw == 0);
+  if (call.done) return call.out;
+  at::Tensor& out = call.out;
+  const int64_t ho = call.ho, wo = call.wo;
   const at::Tensor wf = w_first.contiguous(), wc = w_core.contiguous(), wl = w_last.contiguous();
   const int device = input.get_device();
   const int r2_pad = round_up(static_cast<int>(R2), kFrag);

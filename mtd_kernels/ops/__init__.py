@@ -1,5 +1,10 @@
-"""Schemas and registrations of ``torch.ops.mtd.*`` (one op per file)."""
-from . import cp_conv2d, cp4_conv2d, tucker_conv2d  # noqa: F401  (each defines its schema)
-from ._register import OPS, register_cpu_fallbacks
+"""The op specifications of ``torch.ops.mtd.*`` (one op per file): schema, chain, argument check.
 
-__all__ = ["OPS", "register_cpu_fallbacks"]
+Nothing here registers anything or knows about a backend (see ``mtd_kernels/_register.py``).
+"""
+from . import cp4_conv2d, cp_conv2d, tucker_conv2d
+from ._spec import Call, OpSpec
+
+SPECS = {spec.name: spec for spec in (cp_conv2d.SPEC, cp4_conv2d.SPEC, tucker_conv2d.SPEC)}
+
+__all__ = ["SPECS", "OpSpec", "Call"]

@@ -12,7 +12,7 @@ from typing import List, Sequence
 import torch
 
 from ._chain import Stage, check_common
-from ._register import register_chain_op
+from ._spec import OpSpec
 
 SCHEMA = (
     "cp4_conv2d(Tensor input, Tensor w_first, Tensor w_vertical, Tensor w_horizontal, Tensor w_last, "
@@ -48,4 +48,4 @@ def check(x, weights, bias, stride, padding, dilation) -> None:
         )
 
 
-register_chain_op("cp4_conv2d", SCHEMA, 4, build_stages, check)
+SPEC = OpSpec("cp4_conv2d", SCHEMA, 4, build_stages, check)

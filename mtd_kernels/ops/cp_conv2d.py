@@ -6,12 +6,12 @@
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 
 from ._chain import Stage, check_common
-from ._register import register_chain_op
+from ._spec import OpSpec
 
 SCHEMA = (
     "cp_conv2d(Tensor input, Tensor w_first, Tensor w_depthwise, Tensor w_last, Tensor? bias, "
@@ -40,4 +40,4 @@ def check(x, weights, bias, stride, padding, dilation) -> None:
         )
 
 
-register_chain_op("cp_conv2d", SCHEMA, 3, build_stages, check)
+SPEC = OpSpec("cp_conv2d", SCHEMA, 3, build_stages, check)

@@ -11,7 +11,7 @@ from typing import List, Sequence
 import torch
 
 from ._chain import Stage, check_common
-from ._register import register_chain_op
+from ._spec import OpSpec
 
 SCHEMA = (
     "tucker_conv2d(Tensor input, Tensor w_first, Tensor w_core, Tensor w_last, Tensor? bias, "
@@ -35,4 +35,4 @@ def check(x, weights, bias, stride, padding, dilation) -> None:
         )
 
 
-register_chain_op("tucker_conv2d", SCHEMA, 3, build_stages, check)
+SPEC = OpSpec("tucker_conv2d", SCHEMA, 3, build_stages, check)

@@ -18,7 +18,7 @@ except Exception as exc:  # missing, or broken against this torch
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 if _IMPORT_ERROR is None:
-    from ._common import SUPPORTED_DTYPES, interpreting
+    from ._common import interpreting
     from .cp4_conv2d import cp4_conv2d
     from .cp_conv2d import cp_conv2d
     from .tucker_conv2d import tucker_conv2d
@@ -36,11 +36,6 @@ def available() -> bool:
     return interpreting() or torch.cuda.is_available()
 
 
-def supports(x: torch.Tensor) -> bool:
-    """True when the kernels accept this input's dtype (float32, float16, bfloat16)."""
-    return _IMPORT_ERROR is None and x.dtype in SUPPORTED_DTYPES
-
-
 def __getattr__(name: str):
     # PEP 562: ``AVAILABLE`` is evaluated lazily, on access, never at import time.
     if name == "AVAILABLE":
@@ -48,6 +43,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AVAILABLE", "available", "supports", "import_error"]
+__all__ = ["AVAILABLE", "available", "import_error"]
 if _IMPORT_ERROR is None:
     __all__ += ["cp_conv2d", "cp4_conv2d", "tucker_conv2d"]

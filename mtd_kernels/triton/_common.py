@@ -1,5 +1,5 @@
 """What the three fused Triton kernels share: the on-chip first pointwise stage, the epilogue,
-autotune configs and the launcher's argument handling.
+autotune configs and the one launcher (:func:`launch`).
 
 Design (the same for every op): a program owns BLOCK_P output pixels (flattened over batch and
 output rows/columns) x BLOCK_T output channels.  For each tap of the spatial filter it recomputes
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ..ops._chain import Stage, empty_output, output_shape, pair
+from ..ops import OpSpec
+from ..ops._chain import wants_channels_last
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MIN_DOT_BLOCK = 16
@@ -186,9 +187,9 @@ def make_pruner(size_of_block: Dict[str, str]):
 
 
 def check_launch(op: str, x: torch.Tensor) -> None:
-    """Triton-specific checks (the op's own shape checks run before this)."""
+    """Triton-specific checks (the op's own shape checks run before this); ValueError like every check."""
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"mtd.triton.{op}: dtype {x.dtype} is not supported; use float32, float16 or bfloat16")
+        raise ValueError(f"mtd.triton.{op}: dtype {x.dtype} is not supported; use float32, float16 or bfloat16")
     if not x.is_cuda and not interpreting():
         raise ValueError(
             f"mtd.triton.{op}: needs CUDA tensors (got {x.device}); set TRITON_INTERPRET=1 before "
@@ -220,19 +221,15 @@ def torch_allows_tf32() -> bool:
         return torch.get_float32_matmul_precision() != "highest"
 
 
-def geometry(stride, padding, dilation) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
-    return pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-
-
-def prepare_output(op: str, x: torch.Tensor, stages: Sequence[Stage],
+def prepare_output(op: str, x: torch.Tensor, shape: Tuple[int, int, int, int],
                    out: Optional[torch.Tensor]) -> torch.Tensor:
-    """The op's output (layout rule of :func:`empty_output`), or the caller's ``out`` after checks.
+    """The op's output (the layout rule of :func:`wants_channels_last`), or the caller's ``out`` after checks.
 
     ``out`` may have any strides (tests use a view into a NaN-poisoned buffer to check the masks).
     """
     if out is None:
-        return empty_output(x, stages)
-    shape = output_shape(x, stages)
+        fmt = torch.channels_last if wants_channels_last(x) else torch.contiguous_format
+        return x.new_empty(shape).contiguous(memory_format=fmt)
     if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(
             f"mtd.triton.{op}: out must have shape {shape}, dtype {x.dtype} and device {x.device}; "
@@ -248,3 +245,40 @@ def device_guard(x: torch.Tensor) -> ContextManager:
 
 def stride_args(t: torch.Tensor) -> Tuple[int, int, int, int]:
     return tuple(int(s) for s in t.stride())  # type: ignore[return-value]
+
+
+# (weights) -> (rank sizes in the kernel's argument order, (kh, kw) of the spatial stage)
+SizesOf = Callable[[List[torch.Tensor]], Tuple[Tuple[int, ...], Tuple[int, int]]]
+
+
+def launch(spec: OpSpec, kernel, args: tuple, sizes_of: SizesOf, allow_tf32: Optional[bool],
+           out: Optional[torch.Tensor]) -> torch.Tensor:
+    """The one launcher of the three kernels: checks, output, grid and the shared argument layout.
+
+    ``args`` are the op's arguments ``(x, *weights, bias, stride, padding, dilation, relu)``.  Every
+    kernel takes ``(x, *weights, bias, out, P, S, *ranks, T, H, W, HO, WO, x strides, out strides,
+    stride/padding/dilation, KH, KW, HAS_BIAS, RELU, DOT_PRECISION)``.
+    """
+    call = spec.parse(args)
+    shape = spec.validate(call)  # the ValueErrors every backend raises
+    x = call.x
+    check_launch(spec.name, x)
+    out = prepare_output(spec.name, x, shape, out)
+    if out.numel() == 0:
+        return out
+    ranks, (kh, kw) = sizes_of(call.weights)
+    n, s, h, w = x.shape
+    t, ho, wo = shape[1], shape[2], shape[3]
+    p = n * ho * wo
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]) * triton.cdiv(t, meta["BLOCK_T"]),)  # noqa: E731
+    with device_guard(x):
+        kernel[grid](
+            x, *(wt.contiguous() for wt in call.weights),
+            call.bias.contiguous() if call.bias is not None else out, out,
+            p, s, *ranks, t, h, w, ho, wo,
+            *stride_args(x), *stride_args(out),
+            *call.stride, *call.padding, *call.dilation,
+            KH=kh, KW=kw, HAS_BIAS=call.bias is not None, RELU=call.relu,
+            DOT_PRECISION=dot_precision(x, allow_tf32),
+        )
+    return out

@@ -11,10 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.tucker_conv2d import build_stages, check
-from ._common import (check_launch, device_guard, dot_precision, first_pointwise_at, geometry,
-                      last_pointwise, make_configs, make_pruner, mma, output_pixels,
-                      prepare_output, store_output, stride_args, tile_ids)
+from ..ops.tucker_conv2d import SPEC
+from ._common import (first_pointwise_at, last_pointwise, launch, make_configs, make_pruner, mma,
+                      output_pixels, store_output, tile_ids)
 
 
 @triton.autotune(
@@ -72,26 +71,6 @@ def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, 
     ``allow_tf32`` (fp32 only) defaults to ``torch.backends.cuda.matmul.allow_tf32``; ``out`` is an
     optional preallocated output of any strides.
     """
-    stride, padding, dilation = geometry(stride, padding, dilation)
-    weights = [w_first, w_core, w_last]
-    check(x, weights, bias, stride, padding, dilation)
-    check_launch("tucker_conv2d", x)
-    out = prepare_output("tucker_conv2d", x, build_stages(weights, stride, padding, dilation), out)
-    if out.numel() == 0:
-        return out
-    n, s, h, w = x.shape
-    t, r2, r1 = w_last.shape[0], w_core.shape[0], w_core.shape[1]
-    kh, kw = w_core.shape[2:]
-    p = n * out.shape[2] * out.shape[3]
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]) * triton.cdiv(t, meta["BLOCK_T"]),)  # noqa: E731
-    with device_guard(x):
-        _tucker_conv2d_kernel[grid](
-            x, w_first.contiguous(), w_core.contiguous(), w_last.contiguous(),
-            bias.contiguous() if bias is not None else out, out,
-            p, s, r1, r2, t, h, w, out.shape[2], out.shape[3],
-            *stride_args(x), *stride_args(out),
-            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-            KH=kh, KW=kw, HAS_BIAS=bias is not None, RELU=bool(relu),
-            DOT_PRECISION=dot_precision(x, allow_tf32),
-        )
-    return out
+    args = (x, w_first, w_core, w_last, bias, stride, padding, dilation, relu)
+    return launch(SPEC, _tucker_conv2d_kernel, args, lambda w: ((w[1].shape[1], w[1].shape[0]), tuple(w[1].shape[2:])),
+                  allow_tf32, out)

@@ -33,6 +33,7 @@ _EXPORTS = {
     "svd_decompose": "mtd.decompose",
     "load_cifar10": "mtd.data",
     "build_model": "mtd.models",
+    "prepare_inference": "mtd.layers",
 }
 
 __all__ = ["kernels", "__version__", *_SUBMODULES, *_EXPORTS]

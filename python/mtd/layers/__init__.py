@@ -3,6 +3,7 @@ from .base import FactorizedConv2d
 from .counting import conv_flops, conv_output_hw, linear_flops, module_flops, num_parameters
 from .cp4_conv import CP4Conv2d
 from .cp_conv import CPConv2d
+from .inference import prepare_inference
 from .low_rank_linear import LowRankLinear
 from .compressible import UnsupportedLayerError, check_compressible, is_compressible, unsupported_reason
 from .surgery import (compressible_layers, fold_batchnorm, fold_batchnorm_into, get_module, replace_module,
@@ -13,5 +14,5 @@ __all__ = [
     "FactorizedConv2d", "CPConv2d", "CP4Conv2d", "TuckerConv2d", "LowRankLinear",
     "conv_flops", "conv_output_hw", "linear_flops", "module_flops", "num_parameters",
     "fold_batchnorm", "fold_batchnorm_into", "get_module", "replace_module", "compressible_layers", "swapped",
-    "UnsupportedLayerError", "check_compressible", "is_compressible", "unsupported_reason",
+    "UnsupportedLayerError", "check_compressible", "is_compressible", "unsupported_reason", "prepare_inference",
 ]

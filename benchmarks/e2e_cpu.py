@@ -1,0 +1,228 @@
+"""End-to-end CPU benchmark: full-width CIFAR VGG16 compressed ~31x, mtd against dense and torch.compile.
+
+Every conv but the first is replaced by CP3, by Tucker-2, or by a CP/Tucker mix (CP on even, Tucker
+on odd conv indices), at the planner's uniform ranks for 1/32 of each layer's parameters (random
+weights: speed does not depend on them).  Channels_last, under torch.no_grad(), batch 1 and 64.
+For each model, side by side in one process and interleaved (round-robin over the variants, so
+load changes on a shared machine hit all of them alike):
+
+  dense                 the uncompressed VGG16
+  compile(dense)        torch.compile of it
+  chain                 the compressed model as plain nn.Conv2d chains (backend="torch")
+  compile(chain)        torch.compile of that
+  mtd                   the compressed model on torch.ops.mtd (backend="fused")
+  compile(mtd)          torch.compile of that
+  mtd+prepare           mtd.prepare_inference(mtd model): BatchNorm folded, ReLU in the op epilogue
+
+The time of a variant is the median over rounds of the mean of a few calls.  Writes
+benchmarks/results/e2e_cpu.{json,md} (machine, torch, threads and the load average recorded).
+
+    python benchmarks/e2e_cpu.py            # full run (~10 min on 2 cores, mostly torch.compile)
+    python benchmarks/e2e_cpu.py --quick    # smoke run: CP only, batch 1, few rounds, no compile
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench_util as bu  # noqa: E402
+
+import mtd  # noqa: E402
+from mtd.layers import CPConv2d, TuckerConv2d, prepare_inference  # noqa: E402
+from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa: E402
+
+RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
+KINDS = ("cp", "tucker", "mix")
+VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare")
+MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare")
+
+
+def compressed_layer(conv: nn.Conv2d, method: str, backend: str) -> nn.Module:
+    """A randomly initialised CP3 / Tucker-2 layer with ``conv``'s geometry at 1/RATIO of its parameters."""
+    t, s, kh, kw = conv.weight.shape
+    geo = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+               backend=backend)
+    if method == "cp":
+        layer = CPConv2d(s, t, (kh, kw), uniform_cp_rank(t, s, kh, kw, RATIO), **geo)
+    else:
+        layer = TuckerConv2d(s, t, (kh, kw), uniform_tucker_ranks(t, s, kh, kw, RATIO), **geo)
+    # Variance-preserving factors (std 1/sqrt(fan_in), the last one with ReLU gain): nn.Conv2d's
+    # default init shrinks activations ~3x per factor, so after a few layers they would be
+    # denormal floats, which are slow on x86 and would distort every timing.
+    factors = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+    for i, f in enumerate(factors):
+        fan_in = f.weight[0].numel()
+        gain = 2.0 if i == len(factors) - 1 else 1.0
+        nn.init.normal_(f.weight, std=(gain / fan_in) ** 0.5)
+    return layer
+
+
+def compress(dense: nn.Module, kind: str, backend: str) -> nn.Module:
+    """``dense`` with every conv but the first replaced (same random factors for every backend)."""
+    model = copy.deepcopy(dense)
+    convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    for n, i in enumerate(convs[1:], start=1):
+        method = kind if kind != "mix" else ("cp" if n % 2 == 0 else "tucker")
+        torch.manual_seed(i)
+        model.features[i] = compressed_layer(model.features[i], method, backend)
+    return model
+
+
+def conv_params(model: nn.Module) -> int:
+    return sum(p.numel() for name, p in model.features.named_parameters() if p.dim() == 4)
+
+
+def load_average() -> List[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def build_variants(kind: str, dense: nn.Module, compiled_dense, use_compile: bool) -> Dict[str, Callable]:
+    chain = compress(dense, kind, "torch").eval().to(memory_format=torch.channels_last)
+    fused = compress(dense, kind, "fused").eval().to(memory_format=torch.channels_last)
+    prepared = prepare_inference(fused)
+    variants = {"dense": dense, "chain": chain, "mtd": fused, "mtd+prepare": prepared}
+    if use_compile:
+        variants.update({"compile(dense)": compiled_dense, "compile(chain)": torch.compile(chain),
+                         "compile(mtd)": torch.compile(fused)})
+    return variants
+
+
+def measure(variants: Dict[str, Callable], x: torch.Tensor, rounds: int, calls: int) -> Dict[str, List[float]]:
+    """Per variant, the ms per call of each round; the rounds interleave the variants."""
+    times: Dict[str, List[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up: compilation, oneDNN primitives, mtd's per-shape path choice
+        fn(x)
+        fn(x)
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn(x)
+            times[name].append((time.perf_counter() - t0) * 1e3 / calls)
+    return times
+
+
+def check_outputs(variants: Dict[str, Callable], x: torch.Tensor) -> Dict[str, float]:
+    """Relative difference of each compressed variant to the plain chain (same factors)."""
+    ref = variants["chain"](x)
+    features = variants["chain"].features(x)
+    if not features.abs().max() > 1e-6:
+        raise RuntimeError("the random model's features vanished: the timings would not be representative")
+    return {name: float((fn(x) - ref).norm() / ref.norm()) for name, fn in variants.items()
+            if name not in ("dense", "compile(dense)", "chain")}
+
+
+def summarise(rows: List[dict]) -> List[dict]:
+    out = []
+    for r in rows:
+        med = r["median_ms"]
+        best_mtd = min(med[v] for v in MTD_VARIANTS if v in med)
+        entry = {"kind": r["kind"], "batch": r["batch"], "best_mtd_ms": round(best_mtd, 3),
+                 "best_mtd": min((v for v in MTD_VARIANTS if v in med), key=lambda v: med[v]),
+                 "vs_dense": round(med["dense"] / best_mtd, 2), "vs_chain": round(med["chain"] / best_mtd, 2)}
+        if "compile(chain)" in med:
+            entry["vs_compile_chain"] = round(med["compile(chain)"] / best_mtd, 2)
+            entry["vs_compile_dense"] = round(med["compile(dense)"] / best_mtd, 2)
+        out.append(entry)
+    return out
+
+
+def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict]) -> None:
+    names = [v for v in VARIANTS if v in rows[0]["median_ms"]]
+    lines = [f"# VGG16 (CIFAR, width 1) compressed ~{meta['param_ratio']}x on CPU", "",
+             f"Machine: {meta['machine']['cpu']}, {meta['machine']['threads']} threads, torch "
+             f"{meta['machine']['torch']}; load average before/after: {meta['load_before']} / {meta['load_after']}. "
+             f"Median over {meta['rounds']} interleaved rounds of {meta['calls']} calls (ms per batch).", "",
+             "| model | batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        lines.append(f"| {r['kind']} | {r['batch']} | " + " | ".join(f"{r['median_ms'][n]:.2f}" for n in names) + " |")
+    lines += ["", "Best mtd variant against the baselines (x = times faster):", "",
+              "| model | batch | best mtd | vs compile(chain) | vs dense | vs compile(dense) | vs chain |",
+              "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['kind']} | {s['batch']} | {s['best_mtd']} {s['best_mtd_ms']:.2f} ms | "
+                     f"{s.get('vs_compile_chain', float('nan')):.2f} | {s['vs_dense']:.2f} | "
+                     f"{s.get('vs_compile_dense', float('nan')):.2f} | {s['vs_chain']:.2f} |")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: CP only, batch 1, 2 rounds, no torch.compile")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "e2e_cpu"),
+                    help="output prefix; writes <out>.json and <out>.md")
+    args = ap.parse_args()
+    if args.quick:
+        args.kinds, args.batches, args.rounds, args.no_compile = ["cp"], [1], 2, True
+    if not mtd.kernels.extension_available():
+        sys.exit(f"mtd_kernels._C is not built ({mtd.kernels.extension_error()}); nothing fused to measure")
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    # All models share VGG.forward's code object: each compiled model is one more Dynamo entry for
+    # it, and past the default limit (8) Dynamo would silently run the later ones eagerly.
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.accumulated_recompile_limit = 256
+    load_before = load_average()
+    print(f"machine: {bu.machine_info()}  load average: {load_before}", flush=True)
+    torch.manual_seed(0)
+    dense = mtd.models.build_model("vgg16", width=1).eval().to(memory_format=torch.channels_last)
+    compiled_dense = None if args.no_compile else torch.compile(dense)
+    ratio = round(conv_params(dense) / conv_params(compress(dense, "cp", "torch")), 1)
+    rows: List[dict] = []
+    with torch.no_grad():
+        for kind in args.kinds:
+            variants = build_variants(kind, dense, compiled_dense, not args.no_compile)
+            variants = {name: variants[name] for name in VARIANTS if name in variants}
+            kind_ratio = round(conv_params(dense) / conv_params(variants["chain"]), 1)
+            for batch in args.batches:
+                x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+                calls = 5 if batch == 1 else 1
+                rel = check_outputs(variants, x)
+                times = measure(variants, x, args.rounds, calls)
+                med = {name: statistics.median(ts) for name, ts in times.items()}
+                rows.append({"kind": kind, "batch": batch, "conv_param_ratio": kind_ratio,
+                             "median_ms": {k: round(v, 3) for k, v in med.items()},
+                             "times_ms": {k: [round(t, 3) for t in v] for k, v in times.items()},
+                             "rel_diff_vs_chain": {k: float(f"{v:.2e}") for k, v in rel.items()}})
+                print(f"{kind:<7} b{batch:<3} " + "  ".join(f"{n} {med[n]:.2f}" for n in variants), flush=True)
+                write_results(args.out, args, ratio, load_before, rows)
+    for entry in summarise(rows):
+        print(entry)
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+def write_results(out: str, args, ratio: float, load_before: List[float], rows: List[dict]) -> None:
+    """(Re)write both result files; called after every measured model, so a cut-short run leaves them."""
+    summary = summarise(rows)
+    meta = {"machine": bu.machine_info(), "load_before": load_before, "load_after": load_average(),
+            "param_ratio": ratio, "rounds": args.rounds, "calls": "5 (batch 1) / 1 (batch 64)",
+            "mtd_cpu_path": os.environ.get("MTD_CPU_PATH", "auto"), "quick": args.quick}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".json.tmp"
+    with open(tmp, "w") as f:
+        json.dump({**meta, "rows": rows, "summary": summary}, f, indent=1)
+    os.replace(tmp, out + ".json")
+    write_markdown(out + ".md", meta, rows, summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#include "cpu/path_choice.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <unordered_map>
+#include <vector>
+
+namespace mtd {
+namespace cpu {
+namespace {
+
+// Timed calls per path after one warm-up call (which also faults in scratch buffers and lets oneDNN
+// pick its primitive); the minimum is compared, which is robust to a noisy, shared machine.
+constexpr int kTimedReps = 3;
+
+// A call shape as plain integers (cheap to build and hash on every call): the op's name hashed,
+// then dtype, layout, every size, geometry, bias/ReLU and the thread count.
+using Key = std::vector<int64_t>;
+
+struct KeyHash {
+  size_t operator()(const Key& key) const {
+    size_t h = 0;
+    for (const int64_t v : key) h = h * 1000003u ^ std::hash<int64_t>()(v);
+    return h;
+  }
+};
+
+struct Entry {
+  std::string description;  // for path_cache_entries()
+  Path path;
+};
+
+std::mutex cache_mutex;
+std::unordered_map<Key, Entry, KeyHash>& cache() {
+  static std::unordered_map<Key, Entry, KeyHash> entries;
+  return entries;
+}
+
+enum class Forced { Auto, Fused, Chain };
+
+Forced forced_path() {
+  const char* env = std::getenv("MTD_CPU_PATH");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return Forced::Auto;
+  if (std::strcmp(env, "fused") == 0) return Forced::Fused;
+  if (std::strcmp(env, "chain") == 0) return Forced::Chain;
+  TORCH_CHECK_VALUE(false, "MTD_CPU_PATH=", env, " is not one of auto, fused, chain");
+}
+
+Key make_key(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias, at::IntArrayRef stride,
+             at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  Key key;
+  key.reserve(32);
+  key.push_back(static_cast<int64_t>(std::hash<std::string>()(op)));
+  key.push_back(static_cast<int64_t>(x.scalar_type()));
+  key.push_back(x.is_contiguous() ? 0 : x.is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 2);
+  auto put = [&key](at::IntArrayRef values) {
+    key.push_back(static_cast<int64_t>(values.size()));
+    key.insert(key.end(), values.begin(), values.end());
+  };
+  put(x.sizes());
+  for (const auto& w : weights) put(w.sizes());
+  put(stride);
+  put(padding);
+  put(dilation);
+  key.push_back(has_bias);
+  key.push_back(relu);
+  key.push_back(at::get_num_threads());
+  return key;
+}
+
+std::string describe(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu) {
+  std::ostringstream out;
+  const char* layout = x.is_contiguous() ? "nchw" : x.is_contiguous(at::MemoryFormat::ChannelsLast) ? "nhwc" : "strided";
+  out << op << ' ' << x.scalar_type() << ' ' << layout << " x=" << x.sizes() << " w=";
+  for (const auto& w : weights) out << w.sizes();
+  out << " stride=" << stride << " padding=" << padding << " dilation=" << dilation << " bias=" << has_bias
+      << " relu=" << relu << " threads=" << at::get_num_threads();
+  return out.str();
+}
+
+// Best of kTimedReps, in seconds; `out` keeps the last result.
+double best_time(c10::function_ref<at::Tensor()> fn, at::Tensor& out) {
+  out = fn();  // warm-up
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < kTimedReps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    out = fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+// Below the autograd layer a training forward and a no_grad inference look alike (grad mode is off
+// in both, parameters require grad in both); an input that requires grad is the sign of training
+// for every layer but the first.
+bool in_training_graph(const at::Tensor& x) { return x.requires_grad(); }
+
+}  // namespace
+
+at::Tensor run_fastest(const char* op, const at::Tensor& x, at::TensorList weights,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, bool relu, c10::function_ref<at::Tensor()> fused,
+                       c10::function_ref<at::Tensor()> chain) {
+  switch (forced_path()) {
+    case Forced::Fused: return fused();
+    case Forced::Chain: return chain();
+    case Forced::Auto: break;
+  }
+  const bool has_bias = bias.has_value() && bias->defined();
+  Key key = make_key(op, x, weights, has_bias, stride, padding, dilation, relu);
+  std::optional<Path> cached;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    const auto it = cache().find(key);
+    if (it != cache().end()) cached = it->second.path;
+  }
+  if (cached.has_value()) return *cached == Path::Fused ? fused() : chain();
+  if (in_training_graph(x)) return fused();  // no timing inside a training step
+  at::Tensor fused_out, chain_out;
+  const double t_fused = best_time(fused, fused_out);
+  const double t_chain = best_time(chain, chain_out);
+  const Path choice = t_fused <= t_chain ? Path::Fused : Path::Chain;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    cache().emplace(std::move(key),
+                    Entry{describe(op, x, weights, has_bias, stride, padding, dilation, relu), choice});
+  }
+  return choice == Path::Fused ? fused_out : chain_out;
+}
+
+std::vector<std::pair<std::string, std::string>> path_cache_entries() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& item : cache()) {
+    out.emplace_back(item.second.description, item.second.path == Path::Fused ? "fused" : "chain");
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void clear_path_cache() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  cache().clear();
+}
+
+}  // namespace cpu
+}  // namespace mtd
