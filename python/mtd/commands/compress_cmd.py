@@ -2,7 +2,9 @@
 
 The quick default (no ``--checkpoint``) trains a reduced-width VGG11 for a few epochs, compresses it at
 1% maximum drop with a coarse candidate grid, evaluates both on the test set and writes the plan, the
-compressed checkpoint and a report into ``--out`` — a few minutes on a 2-core CPU.
+compressed checkpoint and a report into ``--out`` — a few minutes on a 2-core CPU. ``--smoke`` runs the
+same job at smoke size (a random subset of the images, one epoch, the tiny candidate grid; seconds), which
+CI uses to check that a fresh ``pip install .`` runs the main job.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from .common import CLIError, data_loaders, load_baseline, load_data
 from .train_cmd import DEFAULT_MODEL, DEFAULT_WIDTH, add_common, train_baseline
 
 QUICK_TRAIN_EPOCHS = 3
+# --smoke: images kept (train, test) and the settings that make the main job take seconds
+SMOKE_IMAGES = (500, 200)
+SMOKE_OPTIONS = dict(grid="tiny", calib_size=64, holdout_size=100, finetune_epochs=1, search_rounds=1)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,18 +39,61 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--train-epochs", type=int, default=QUICK_TRAIN_EPOCHS,
                    help="epochs of the quick baseline when no --checkpoint is given")
-    p.add_argument("--grid", choices=("small", "full"), default=None, help="candidate grid (default: small "
-                   "for the quick demo, full with a checkpoint)")
+    p.add_argument("--grid", choices=("full", "small", "coarse", "tiny"), default=None, help="candidate grid "
+                   "(default: small for the quick demo, full with a checkpoint; coarse for full-width models)")
+    p.add_argument("--smoke", action="store_true", help="smoke size: a subset of the images, one training and "
+                   "one fine-tuning epoch, the tiny grid (checks an install in seconds; results mean nothing)")
     p.add_argument("--out", default="mtd-out", help="output folder (plan.json, compressed.pt, report/)")
     add_common(p)
     p.set_defaults(func=run)
+
+
+def compress_options(args: argparse.Namespace, quick: bool) -> dict:
+    """The ``CompressConfig`` fields the command line sets (validated before any training starts)."""
+    options = dict(
+        max_drop=args.max_drop, target_ratio=args.target_ratio, method=args.method, seed=args.seed,
+        grid=args.grid or ("small" if quick else "full"),
+        layers=tuple(s.strip() for s in args.layers.split(",")) if args.layers else None,
+        calib_size=args.calib_size or (512 if quick else 1024), holdout_size=1000 if quick else 2000,
+        finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3),
+        search_rounds=2 if quick else 3)
+    if args.smoke:
+        options.update(SMOKE_OPTIONS)
+    return options
+
+
+def run_compress(model, data, options: dict, device, progress: bool):
+    """``mtd.compress(model, data, CompressConfig(**options))``; bad options or layers give a CLIError."""
+    from .. import planner
+
+    try:
+        if hasattr(planner, "CompressConfig"):
+            return planner.compress(model, data, planner.CompressConfig(**options), device=device,
+                                    progress=progress)
+        # TRANSITION (delete when the CompressConfig API is merged): the old keyword signature.
+        old = {k: v for k, v in options.items() if k != "search_rounds"}
+        old.update(grid=planner.CandidateGrid.named(options["grid"]), max_rounds=options["search_rounds"],
+                   layers=list(options["layers"]) if options["layers"] else None)
+        return planner.compress(model, data, device=device, progress=progress, **old)
+    except (ValueError, TypeError) as err:  # bad options / unsupported layers: one line, exit 2
+        raise CLIError(str(err).splitlines()[0]) from None
+
+
+def check_options(options: dict) -> None:
+    """Reject bad options at once (before data loading and the quick baseline's training)."""
+    from .. import planner
+
+    if hasattr(planner, "CompressConfig"):
+        try:
+            planner.CompressConfig(**options)
+        except (ValueError, TypeError) as err:
+            raise CLIError(str(err).splitlines()[0]) from None
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..models import save_checkpoint
-    from ..planner import CandidateGrid, compress
     from ..train import evaluate
     from ..utils import pick_device
     from .report_cmd import write_report
@@ -55,28 +103,22 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     quick = args.checkpoint is None
     out = Path(args.out)
+    options = compress_options(args, quick)
+    check_options(options)
     if args.checkpoint is not None:  # check the checkpoint before the (slower) data loading
         baseline = load_baseline(args.checkpoint, args.model, args.width)
     arrays = load_data(args.data, args.cache_dir, progress=progress)
+    if args.smoke:
+        arrays = arrays.subset(*SMOKE_IMAGES, seed=args.seed)
     if quick:
         name, width = args.model or DEFAULT_MODEL, args.width or DEFAULT_WIDTH
-        print(f"no --checkpoint: training a quick {name} (width {width}) baseline for {args.train_epochs} epochs")
-        baseline, _, secs = train_baseline(arrays, name, width, args.train_epochs, 0.1, 128, device, args.seed,
+        epochs = 1 if args.smoke else args.train_epochs
+        print(f"no --checkpoint: training a quick {name} (width {width}) baseline for {epochs} epochs")
+        baseline, _, secs = train_baseline(arrays, name, width, epochs, 0.1, 128, device, args.seed,
                                            progress, str(out / "baseline.pt"))
         print(f"  trained in {secs:.0f} s -> {out / 'baseline.pt'}")
     baseline = baseline.to(device).eval()
-    grid = CandidateGrid.small() if (args.grid or ("small" if quick else "full")) == "small" else CandidateGrid()
-    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
-    calib_size = args.calib_size or (512 if quick else 1024)
-    finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3)
-    try:
-        compressed, plan = compress(
-            baseline, arrays, max_drop=args.max_drop, target_ratio=args.target_ratio, method=args.method,
-            calib_size=calib_size, holdout_size=1000 if quick else 2000, finetune_epochs=finetune_epochs,
-            device=device, seed=args.seed, progress=progress, grid=grid, layers=layers,
-            max_rounds=2 if quick else 3)
-    except (ValueError, TypeError) as err:  # bad options / unsupported layers: one line, exit 2
-        raise CLIError(str(err).splitlines()[0]) from None
+    compressed, plan = run_compress(baseline, arrays, options, device, progress)
     _, test = data_loaders(arrays, 500, device)
     base_acc = 100 * evaluate(baseline, test)["accuracy"]
     acc = 100 * evaluate(compressed, test)["accuracy"]
@@ -91,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(layer_table(plan))
     r = plan.results
+    if "verdict" in r:
+        print(r["verdict"])
     print(f"test accuracy {base_acc:.2f}% -> {acc:.2f}% (drop {base_acc - acc:+.2f} points); parameters "
           f"{r['model_param_ratio']:.2f}x fewer (whole model), FLOPs {plan.totals()['flops_ratio']:.2f}x fewer "
           f"(conv/linear layers)")
