@@ -33,6 +33,10 @@ _EXPORTS = {
     "svd_decompose": "mtd.decompose",
     "load_cifar10": "mtd.data",
     "build_model": "mtd.models",
+    "save": "mtd.serialization",
+    "load": "mtd.serialization",
+    "set_backend": "mtd.planner.layer_factory",
+    "export_onnx": "mtd.export",
 }
 
 __all__ = ["kernels", "__version__", *_SUBMODULES, *_EXPORTS]
