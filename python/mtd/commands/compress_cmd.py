@@ -9,11 +9,10 @@ CI uses to check that a fresh ``pip install .`` runs the main job.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from .common import CLIError, data_loaders, load_baseline, load_data
+from .common import CLIError, add_model_args, data_loaders, is_builder_spec, load_baseline, load_data, parse_floats
 from .train_cmd import DEFAULT_MODEL, DEFAULT_WIDTH, add_common, train_baseline
 
 QUICK_TRAIN_EPOCHS = 3
@@ -27,9 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compress", help="compress a model (quick demo with only --data)")
     p.add_argument("--data", required=True, help="CIFAR-10 archive / image-folder tar / folder")
-    p.add_argument("--checkpoint", default=None, help="baseline checkpoint (default: train a quick one)")
-    p.add_argument("--model", default=None, help=f"model of the checkpoint (checked), default {DEFAULT_MODEL}")
+    p.add_argument("--checkpoint", default=None, help="baseline checkpoint: an mtd checkpoint, or with --model "
+                   "module:function a plain state_dict (default: train a quick one)")
     p.add_argument("--width", type=float, default=None, help=f"width (checked), default {DEFAULT_WIDTH}")
+    add_model_args(p, f"model of the checkpoint: a registry name (checked; default {DEFAULT_MODEL}) or "
+                      "module:function building your architecture without arguments")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points (default 1.0)")
     budget.add_argument("--target-ratio", type=float, default=None, help="parameter compression ratio instead")
@@ -57,6 +58,8 @@ def compress_options(args: argparse.Namespace, quick: bool) -> dict:
         calib_size=args.calib_size or (512 if quick else 1024), holdout_size=1000 if quick else 2000,
         finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3),
         search_rounds=2 if quick else 3)
+    if args.mean is not None or args.std is not None:
+        options.update(mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"))
     if args.smoke:
         options.update(SMOKE_OPTIONS)
     return options
@@ -71,7 +74,7 @@ def run_compress(model, data, options: dict, device, progress: bool):
             return planner.compress(model, data, planner.CompressConfig(**options), device=device,
                                     progress=progress)
         # TRANSITION (delete when the CompressConfig API is merged): the old keyword signature.
-        old = {k: v for k, v in options.items() if k != "search_rounds"}
+        old = {k: v for k, v in options.items() if k not in ("search_rounds", "mean", "std")}
         old.update(grid=planner.CandidateGrid.named(options["grid"]), max_rounds=options["search_rounds"],
                    layers=list(options["layers"]) if options["layers"] else None)
         return planner.compress(model, data, device=device, progress=progress, **old)
@@ -91,9 +94,7 @@ def check_options(options: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..models import save_checkpoint
+    from ..serialization import save
     from ..train import evaluate
     from ..utils import pick_device
     from .report_cmd import write_report
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     options = compress_options(args, quick)
     check_options(options)
+    if quick and is_builder_spec(args.model):
+        raise CLIError("--model module:function needs --checkpoint (the weights of your trained model)")
     if args.checkpoint is not None:  # check the checkpoint before the (slower) data loading
         baseline = load_baseline(args.checkpoint, args.model, args.width)
     arrays = load_data(args.data, args.cache_dir, progress=progress)
@@ -119,15 +122,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  trained in {secs:.0f} s -> {out / 'baseline.pt'}")
     baseline = baseline.to(device).eval()
     compressed, plan = run_compress(baseline, arrays, options, device, progress)
-    _, test = data_loaders(arrays, 500, device)
+    _, test = data_loaders(arrays, 500, device, mean=options.get("mean"), std=options.get("std"))
     base_acc = 100 * evaluate(baseline, test)["accuracy"]
     acc = 100 * evaluate(compressed, test)["accuracy"]
     plan.results["test"] = {"base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc}
     out.mkdir(parents=True, exist_ok=True)
     plan.save(out / "plan.json")
-    save_checkpoint(out / "compressed.pt", compressed.to(torch.device("cpu")),
-                    model_name=plan.model_name, model_kwargs=plan.model_kwargs,
-                    extra={"mtd_plan": json.dumps(plan.to_dict())})
+    save(compressed, out / "compressed.pt", plan=plan)
     md = write_report([plan], str(out / "report"), f"mtd compress ({plan.method})")
     from ..report import layer_table
 
