@@ -18,7 +18,8 @@ from .train_cmd import DEFAULT_MODEL, DEFAULT_WIDTH, add_common, train_baseline
 QUICK_TRAIN_EPOCHS = 3
 # --smoke: images kept (train, test) and the settings that make the main job take seconds
 SMOKE_IMAGES = (500, 200)
-SMOKE_OPTIONS = dict(grid="tiny", calib_size=64, holdout_size=100, finetune_epochs=1, search_rounds=1)
+SMOKE_OPTIONS = dict(grid="tiny", calib_size=64, holdout_size=100, finetune_epochs=1, search_rounds=1,
+                     cp_n_iter_max=10)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
