@@ -62,7 +62,7 @@ def test_corrupt_checkpoint(capsys, tiny_cifar, tmp_path):
 def test_unsupported_layer(capsys, tiny_cifar, vgg11_checkpoint, tmp_path):
     rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
                          "--layers", "features.1", "--cache-dir", str(tmp_path), "--quiet")
-    assert_user_error(rc, err, "'features.1' (BatchNorm2d) cannot be compressed")
+    assert_user_error(rc, err, "'features.1' (BatchNorm2d) cannot be")  # compressed / decomposed
 
 
 def test_console_entry_point_exits_2_without_traceback(tmp_path):
@@ -100,7 +100,7 @@ def test_compress_and_eval_on_tiny_cifar(capsys, tiny_cifar, vgg11_checkpoint, t
     rc, stdout, _ = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
                             "--layers", "features.0,features.4", "--finetune-epochs", "0", "--calib-size", "64",
                             "--grid", "small", "--out", str(out), "--cache-dir", str(tmp_path), "--quiet",
-                            "--max-drop", "100")
+                            "--max-drop", "99")
     assert rc == 0, stdout
     assert (out / "plan.json").is_file() and (out / "compressed.pt").is_file() and (out / "report" / "report.md").is_file()
     plan = Plan.load(out / "plan.json")
@@ -154,7 +154,7 @@ def test_compress_eval_export_a_model_from_module_function(capsys, tiny_cifar, u
     rc, stdout, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--model", spec, "--checkpoint",
                               str(weights), "--layers", "3", "--finetune-epochs", "0", "--calib-size", "64",
                               "--grid", "tiny", "--out", str(out), "--cache-dir", str(tmp_path), "--quiet",
-                              "--max-drop", "100", *norm)
+                              "--max-drop", "99", *norm)
     assert rc == 0, err
     plan = Plan.load(out / "plan.json")
     assert plan.model_name is None and plan.layers[0].name == "3"

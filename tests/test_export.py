@@ -89,6 +89,8 @@ def test_load_errors_are_clear(compressed, tmp_path):
     mtd.models.save_checkpoint(tmp_path / "baseline.pt", SmallNet())
     with pytest.raises(ValueError, match="without a compression plan"):
         mtd.load(tmp_path / "baseline.pt", model=SmallNet)
+    with pytest.raises(ValueError, match="mtd.load"):
+        mtd.models.load_model(path)
     with pytest.raises(TypeError, match="Plan"):
         mtd.save(compressed, tmp_path / "x.pt", plan={"layers": []})
 

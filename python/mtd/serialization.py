@@ -14,10 +14,9 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
-from .models.checkpoint import load_checkpoint, save_checkpoint
+from .models.checkpoint import PLAN_KEY, load_checkpoint, save_checkpoint
 
 PathLike = Union[str, os.PathLike]
-PLAN_KEY = "mtd_plan"
 
 
 def save(model: nn.Module, path: PathLike, *, plan: Any, model_name: Optional[str] = None,

@@ -74,7 +74,7 @@ def load_baseline(checkpoint: str, model_name: Optional[str], width: Optional[fl
     checked against ``--model``/``--width``.
     """
     from ..models import build_model
-    from ..models.checkpoint import load_state_dict_checked
+    from ..models.checkpoint import PLAN_KEY, load_state_dict_checked
 
     if is_builder_spec(model_name):
         model = build_user_model(model_name)
@@ -85,7 +85,7 @@ def load_baseline(checkpoint: str, model_name: Optional[str], width: Optional[fl
         return model
     payload = _read_checkpoint(checkpoint)
     saved_name, kwargs = payload.get("model_name"), dict(payload.get("model_kwargs") or {})
-    if "mtd_plan" in (payload.get("extra") or {}):
+    if PLAN_KEY in (payload.get("extra") or {}):
         raise CLIError(f"checkpoint {checkpoint!r} holds an already compressed model; pass the original "
                        "(uncompressed) checkpoint")
     if model_name is not None and saved_name is not None and model_name != saved_name:
@@ -113,7 +113,8 @@ def load_any_model(checkpoint: str, model_spec: Optional[str] = None) -> tuple[n
 
     ``model_spec`` (``module:function``) is the architecture of a model outside the registry.
     """
-    from ..serialization import PLAN_KEY, load, load_plan
+    from ..models.checkpoint import PLAN_KEY
+    from ..serialization import load, load_plan
 
     if is_builder_spec(model_spec) and not _is_compressed(checkpoint):
         return load_baseline(checkpoint, model_spec, None), None
@@ -128,8 +129,7 @@ def load_any_model(checkpoint: str, model_spec: Optional[str] = None) -> tuple[n
 
 
 def _is_compressed(path: str) -> bool:
-    from ..models.checkpoint import CHECKPOINT_FORMAT
-    from ..serialization import PLAN_KEY
+    from ..models.checkpoint import CHECKPOINT_FORMAT, PLAN_KEY
 
     payload = _torch_load(path)
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and \
