@@ -145,8 +145,8 @@ def as_planning_data(data: Any, *, mean: Optional[Sequence[float]] = None,
         return _from_arrays(data.train_x, data.train_y, norm or (CIFAR10_MEAN, CIFAR10_STD), augment=True)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return _from_arrays(*data, norm, augment=False)
-    raise TypeError("data must be a torch Dataset or DataLoader of (image, label), an mtd.data.CIFAR10Arrays or "
-                    f"a pair (images, labels); got {type(data).__name__}")
+    raise TypeError("train_data / val_data must be a torch Dataset or DataLoader of (image, label), an "
+                    f"mtd.data.CIFAR10Arrays or a pair (images, labels); got {type(data).__name__}")
 
 
 def _from_arrays(images: Any, labels: Any, norm, augment: bool) -> ArrayData:
