@@ -1,39 +1,18 @@
 """The ``mtd`` command line: user errors give one line and exit code 2; report and a tiny compress run work."""
 from __future__ import annotations
 
-import io
+import os
 import subprocess
 import sys
-import tarfile
 
-import numpy as np
 import pytest
-from PIL import Image
+import torch
 
+import mtd
 from mtd.cli import main
+from mtd.data import load_cifar10
 from mtd.models import build_model, save_checkpoint
 from mtd.planner import LayerPlan, Plan
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A small CIFAR-style image-folder .tar.gz (class-coloured noise images)."""
-    path = tmp_path_factory.mktemp("data") / "tiny.tar.gz"
-    rng = np.random.default_rng(0)
-    with tarfile.open(path, "w:gz") as tar:
-        for split, n in (("train", 12), ("test", 4)):
-            for label, name in enumerate(CLASSES):
-                for i in range(n):
-                    img = np.clip(25 * label + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                    buf = io.BytesIO()
-                    Image.fromarray(img).save(buf, format="PNG")
-                    info = tarfile.TarInfo(f"{split}/{name}/{i:04d}.png")
-                    info.size = buf.tell()
-                    buf.seek(0)
-                    tar.addfile(info, buf)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -67,23 +46,23 @@ def test_corrupt_data_file(capsys, tmp_path):
     assert_user_error(rc, err, "cannot read data")
 
 
-def test_checkpoint_of_another_model(capsys, tiny_data, vgg11_checkpoint, tmp_path):
-    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_data), "--checkpoint", str(vgg11_checkpoint),
+def test_checkpoint_of_another_model(capsys, tiny_cifar, vgg11_checkpoint, tmp_path):
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
                          "--model", "vgg16", "--cache-dir", str(tmp_path))
     assert_user_error(rc, err, "holds a vgg11 model")
 
 
-def test_corrupt_checkpoint(capsys, tiny_data, tmp_path):
+def test_corrupt_checkpoint(capsys, tiny_cifar, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage" * 100)
-    rc, _, err = run_cli(capsys, "eval", "--data", str(tiny_data), "--checkpoint", str(bad))
+    rc, _, err = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(bad))
     assert_user_error(rc, err, "not a valid mtd checkpoint")
 
 
-def test_unsupported_layer(capsys, tiny_data, vgg11_checkpoint, tmp_path):
-    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_data), "--checkpoint", str(vgg11_checkpoint),
+def test_unsupported_layer(capsys, tiny_cifar, vgg11_checkpoint, tmp_path):
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
                          "--layers", "features.1", "--cache-dir", str(tmp_path), "--quiet")
-    assert_user_error(rc, err, "'features.1' (BatchNorm2d) cannot be compressed")
+    assert_user_error(rc, err, "'features.1' (BatchNorm2d) cannot be")  # compressed / decomposed
 
 
 def test_console_entry_point_exits_2_without_traceback(tmp_path):
@@ -91,6 +70,10 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
                            "--checkpoint", str(tmp_path / "missing.pt")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "mtd.cli", "eval", "--data", str(tmp_path / "x.tar"),
+                           "--checkpoint", str(tmp_path / "missing.pt")], capture_output=True, text=True,
+                          env={**os.environ, "MTD_TRACEBACK": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 def test_report_writes_markdown_and_plots(capsys, tmp_path):
@@ -112,17 +95,109 @@ def test_report_writes_markdown_and_plots(capsys, tmp_path):
     assert_user_error(rc, err, "does not exist")
 
 
-def test_compress_and_eval_on_tiny_data(capsys, tiny_data, vgg11_checkpoint, tmp_path):
+def test_compress_and_eval_on_tiny_cifar(capsys, tiny_cifar, vgg11_checkpoint, tmp_path):
     out = tmp_path / "out"
-    rc, stdout, _ = run_cli(capsys, "compress", "--data", str(tiny_data), "--checkpoint", str(vgg11_checkpoint),
+    rc, stdout, _ = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
                             "--layers", "features.0,features.4", "--finetune-epochs", "0", "--calib-size", "64",
                             "--grid", "small", "--out", str(out), "--cache-dir", str(tmp_path), "--quiet",
-                            "--max-drop", "100")
+                            "--max-drop", "99")
     assert rc == 0, stdout
     assert (out / "plan.json").is_file() and (out / "compressed.pt").is_file() and (out / "report" / "report.md").is_file()
     plan = Plan.load(out / "plan.json")
-    assert plan.model_name == "vgg11" and plan.results["test"]["accuracy"] >= 0
-    rc, stdout, _ = run_cli(capsys, "eval", "--data", str(tiny_data), "--checkpoint", str(out / "compressed.pt"),
+    assert plan.model_name == "vgg11" and [lp.name for lp in plan.layers] == ["features.0", "features.4"]
+    # the reported accuracies are the test-set accuracies of the baseline and of the saved compressed model
+    from mtd.commands.common import data_loaders
+    from mtd.train import evaluate
+
+    _, test = data_loaders(load_cifar10(tiny_cifar, cache_dir=tmp_path, progress=False), 500, torch.device("cpu"))
+    baseline = mtd.models.load_model(vgg11_checkpoint)
+    compressed = mtd.load(out / "compressed.pt")
+    assert plan.results["test"]["base_accuracy"] == pytest.approx(100 * evaluate(baseline, test)["accuracy"])
+    assert plan.results["test"]["accuracy"] == pytest.approx(100 * evaluate(compressed, test)["accuracy"])
+    assert sum(p.numel() for p in compressed.parameters()) < sum(p.numel() for p in baseline.parameters())
+    rc, stdout, _ = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(out / "compressed.pt"),
                             "--cache-dir", str(tmp_path), "--quiet")
     assert rc == 0 and "compressed (mtd)" in stdout
     assert f"test accuracy {plan.results['test']['accuracy']:.2f}%" in stdout
+
+
+USER_MODEL = """
+import torch
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+"""
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    """``user_net:build`` importable, and a plain state_dict checkpoint of it."""
+    (tmp_path / "user_net.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("user_net")
+    torch.save(module.build().state_dict(), tmp_path / "weights.pt")
+    yield "user_net:build", tmp_path / "weights.pt"
+    sys.modules.pop("user_net", None)
+
+
+def test_compress_eval_export_a_model_from_module_function(capsys, tiny_cifar, user_model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    spec, weights = user_model
+    out = tmp_path / "out"
+    norm = ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    rc, stdout, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--model", spec, "--checkpoint",
+                              str(weights), "--layers", "3", "--finetune-epochs", "0", "--calib-size", "64",
+                              "--grid", "tiny", "--out", str(out), "--cache-dir", str(tmp_path), "--quiet",
+                              "--max-drop", "99", *norm)
+    assert rc == 0, err
+    plan = Plan.load(out / "plan.json")
+    assert plan.model_name is None and plan.layers[0].name == "3"
+    rc, stdout, err = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(out / "compressed.pt"),
+                              "--model", spec, "--cache-dir", str(tmp_path), "--quiet", *norm)
+    assert rc == 0, err
+    assert f"test accuracy {plan.results['test']['accuracy']:.2f}%" in stdout
+    rc, _, err = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(out / "compressed.pt"),
+                         "--cache-dir", str(tmp_path))
+    assert_user_error(rc, err, "outside the mtd registry")
+    rc, stdout, err = run_cli(capsys, "export", "--checkpoint", str(out / "compressed.pt"), "--model", spec,
+                              "--out", str(tmp_path / "m.onnx"))
+    assert rc == 0, err
+    assert "Conv" in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    rc, _, err = run_cli(capsys, "export", "--checkpoint", str(out / "compressed.pt"), "--model", spec,
+                         "--out", str(tmp_path / "m.pt2"), "--input-shape", "2,3,32,32")
+    assert rc == 0, err
+    program = torch.export.load(tmp_path / "m.pt2")
+    assert any("mtd." in str(n.target) for n in program.graph.nodes)
+
+
+def test_user_model_errors(capsys, tiny_cifar, user_model, tmp_path):
+    spec, weights = user_model
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--model", spec)
+    assert_user_error(rc, err, "needs --checkpoint")
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--model", "no_such_module:build",
+                         "--checkpoint", str(weights))
+    assert_user_error(rc, err, "cannot import")
+    torch.save({"0.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--model", spec, "--checkpoint",
+                         str(tmp_path / "other.pt"))
+    assert_user_error(rc, err, "does not match the model")
+    rc, _, err = run_cli(capsys, "export", "--checkpoint", str(weights), "--model", spec, "--out",
+                         str(tmp_path / "x.onnx"), "--input-shape", "3,32,32")
+    assert_user_error(rc, err, "--input-shape")
+
+
+def test_bad_options_fail_before_any_training(capsys, tiny_cifar, tmp_path):
+    from mtd import planner
+
+    if not hasattr(planner, "CompressConfig"):
+        pytest.skip("needs the CompressConfig API of mtd.compress")
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--max-drop", "-1", "--out",
+                         str(tmp_path / "out"))
+    assert_user_error(rc, err, "max_drop")
+    assert not (tmp_path / "out" / "baseline.pt").exists()

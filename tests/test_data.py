@@ -371,3 +371,123 @@ def test_loader_input_errors():
         TensorDataLoader(x, np.arange(4), 0, train=False)
     with pytest.raises(ValueError, match="rank"):
         TensorDataLoader(x, np.arange(4), 2, train=False, rank=2, world_size=2)
+
+
+# ----------------------------------------------------------------------------- planner data adapter
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset  # noqa: E402
+
+from mtd.planner.data_adapter import as_planning_data  # noqa: E402
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def all_batches(data, indices, train=False, seed=0, batch_size=4):
+    return list(data.loader(np.asarray(indices), batch_size, train=train, device=torch.device("cpu"), seed=seed))
+
+
+def normalised(x_uint8_nchw, mean, std):
+    return (x_uint8_nchw.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def test_uint8_arrays_need_an_explicit_normalisation():
+    x = np.zeros((6, 20, 24, 3), np.uint8)
+    with pytest.raises(ValueError, match="mean=... and std="):
+        as_planning_data((x, np.arange(6) % 2))
+    with pytest.raises(ValueError, match="both mean and std"):
+        as_planning_data((x, np.arange(6) % 2), mean=IMAGENET_MEAN)
+    with pytest.raises(ValueError, match="3 channels"):
+        as_planning_data((x, np.arange(6) % 2), mean=(0.5,), std=(0.5,))
+
+
+def test_uint8_arrays_of_any_size_use_the_given_normalisation_without_augmentation():
+    x = torch.as_tensor(RNG.integers(0, 256, (10, 20, 24, 3), dtype=np.uint8))
+    data = as_planning_data((x, np.arange(10)), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert len(data) == 10 and data.labels.dtype == torch.int64
+    expected = normalised(x.permute(0, 3, 1, 2), IMAGENET_MEAN, IMAGENET_STD)
+    got = torch.cat([b[0] for b in all_batches(data, [1, 3, 5, 7, 9])])
+    assert got.shape == (5, 3, 20, 24)
+    torch.testing.assert_close(got, expected[[1, 3, 5, 7, 9]])
+    for xb, yb in all_batches(data, range(10), train=True, batch_size=2):  # shuffled, not cropped or flipped
+        torch.testing.assert_close(xb, expected[yb])
+
+
+def test_cifar_arrays_default_to_cifar_statistics():
+    from mtd.data import CIFAR10Arrays
+
+    x = RNG.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    arrays = CIFAR10Arrays(x, np.arange(8) % 10, x[:2], np.arange(2), CIFAR10_CLASSES)
+    (xb, _), = all_batches(as_planning_data(arrays), range(4))
+    torch.testing.assert_close(xb, normalised(torch.as_tensor(x[:4]).permute(0, 3, 1, 2), CIFAR10_MEAN, CIFAR10_STD))
+
+
+def test_float_images_are_taken_as_normalised():
+    x = torch.randn(6, 1, 9, 7)
+    data = as_planning_data((x, torch.arange(6)))
+    torch.testing.assert_close(torch.cat([b[0] for b in all_batches(data, range(6))]), x)
+    with pytest.raises(ValueError, match="already normalised"):
+        as_planning_data((x, torch.arange(6)), mean=(0.5,), std=(0.5,))
+
+
+class _Uint8Images(Dataset):
+    """uint8 (C, H, W) images with integer labels and no ``targets`` (labels are read item by item)."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], i % 3
+
+
+def test_dataset_and_dataloader_give_the_same_batches():
+    x, y = torch.randn(10, 3, 40, 28), torch.arange(10) % 4
+    ds = TensorDataset(x, y)
+    for source in (ds, DataLoader(ds, batch_size=3, shuffle=True)):
+        data = as_planning_data(source)
+        torch.testing.assert_close(data.labels, y)
+        batches = all_batches(data, [0, 2, 4, 6, 8])
+        assert len(data.loader(np.arange(10), 4, train=True, device=torch.device("cpu"))) == 3
+        torch.testing.assert_close(torch.cat([b[0] for b in batches]), x[[0, 2, 4, 6, 8]])
+        assert torch.cat([b[1] for b in batches]).dtype == torch.int64
+    first = [b[1] for b in all_batches(as_planning_data(ds), range(10), train=True, seed=1)]
+    again = [b[1] for b in all_batches(as_planning_data(ds), range(10), train=True, seed=1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(torch.cat(first), torch.arange(10) % 4)  # shuffled
+
+
+def test_uint8_dataset_is_normalised_on_the_fly_and_labels_are_read_once():
+    x = torch.as_tensor(RNG.integers(0, 256, (7, 3, 12, 10), dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8 images"):
+        as_planning_data(_Uint8Images(x))
+    data = as_planning_data(_Uint8Images(x), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    torch.testing.assert_close(data.labels, torch.arange(7) % 3)
+    torch.testing.assert_close(torch.cat([b[0] for b in all_batches(data, range(7))]),
+                               normalised(x, IMAGENET_MEAN, IMAGENET_STD))
+    subset = as_planning_data(Subset(TensorDataset(torch.randn(6, 3, 4, 4), torch.arange(6)), [5, 1]))
+    torch.testing.assert_close(subset.labels, torch.tensor([5, 1]))
+
+
+def test_unusable_datasets_are_rejected_clearly():
+    class Pil(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return Image.new("RGB", (8, 8)), 0
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(3, 4, 4), 0
+
+    with pytest.raises(ValueError, match="ToTensor"):
+        as_planning_data(Pil())
+    with pytest.raises(TypeError, match="map-style"):
+        as_planning_data(Stream())
+    with pytest.raises(ValueError, match="empty"):
+        as_planning_data(TensorDataset(torch.zeros(0, 3, 4, 4), torch.zeros(0)))
+    with pytest.raises(ValueError, match="class indices"):
+        as_planning_data(TensorDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2)))
+    with pytest.raises(TypeError, match="Dataset or DataLoader"):
+        as_planning_data(torch.zeros(2, 3, 4, 4))

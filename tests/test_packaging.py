@@ -86,3 +86,30 @@ def test_cuda_backend_switch_validates():
         assert cuda_backend() == "torch"
     finally:
         set_cuda_backend(None)
+
+
+# third-party imports that are optional on purpose: each is guarded where it is used
+OPTIONAL_IMPORTS = {"triton": "GPU kernels", "onnx": "export extra", "onnxruntime": "export extra"}
+IMPORT_TO_DISTRIBUTION = {"PIL": "pillow"}
+
+
+def test_every_library_import_is_a_declared_dependency():
+    """What `pip install .` installs covers every module the library imports (no dev-only dependency)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)\]", text, re.M | re.S).group(1)
+    declared = {re.split(r"[<>=!~ ]", d.strip().strip('"'))[0].lower() for d in deps.split(",") if d.strip()}
+    imported = set()
+    for path in [*(root / "python" / "mtd").rglob("*.py"), *(root / "mtd_kernels").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"mtd", "mtd_kernels", "__future__"} - set(OPTIONAL_IMPORTS)
+    missing = {IMPORT_TO_DISTRIBUTION.get(m, m).lower() for m in third_party} - declared
+    assert not missing, f"imported by the library but not in pyproject.toml's dependencies: {sorted(missing)}"

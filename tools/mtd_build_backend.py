@@ -36,13 +36,5 @@ def _expose_runtime_torch() -> None:
 
 _expose_runtime_torch()
 
-from setuptools import build_meta as _orig  # noqa: E402
+# every PEP 517 hook is setuptools' own; only the import path above differs
 from setuptools.build_meta import *  # noqa: E402,F401,F403
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return _orig.get_requires_for_build_wheel(config_settings)
-
-
-def get_requires_for_build_editable(config_settings=None):
-    return _orig.get_requires_for_build_editable(config_settings)

@@ -34,6 +34,10 @@ _EXPORTS = {
     "load_cifar10": "mtd.data",
     "build_model": "mtd.models",
     "prepare_inference": "mtd.layers",
+    "save": "mtd.serialization",
+    "load": "mtd.serialization",
+    "set_backend": "mtd.planner.layer_factory",
+    "export_onnx": "mtd.export",
 }
 
 __all__ = ["kernels", "__version__", *_SUBMODULES, *_EXPORTS]

@@ -1,7 +1,8 @@
-"""The ``mtd`` command line: ``mtd train | compress | eval | report``.
+"""The ``mtd`` command line: ``mtd train | compress | eval | report | export``.
 
 User errors (missing or corrupt files, a checkpoint of another model, unsupported layers, bad options)
-print one line ``mtd: error: ...`` and exit with status 2; set ``MTD_DEBUG=1`` for the traceback.
+print one line ``mtd: error: ...`` and exit with status 2; set ``MTD_TRACEBACK=1`` for the traceback
+(``MTD_DEBUG=1`` is the build's: compile the extension with ``-O0 -g``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .commands import compress_cmd, eval_cmd, report_cmd, train_cmd
+from .commands import compress_cmd, eval_cmd, export_cmd, report_cmd, train_cmd
 from .commands.common import CLIError
 
 EXIT_USER_ERROR = 2
@@ -18,8 +19,8 @@ EXIT_USER_ERROR = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtd", description="Compress CNNs by mixed tensor decomposition.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,compress,eval,report}")
-    for module in (train_cmd, compress_cmd, eval_cmd, report_cmd):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,compress,eval,report,export}")
+    for module in (train_cmd, compress_cmd, eval_cmd, report_cmd, export_cmd):
         module.add_parser(sub)
     return parser
 
@@ -29,11 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError) as err:
-        return _user_error(err)
-    except (ValueError, TypeError) as err:  # validation errors raised by the library
-        if os.environ.get("MTD_DEBUG"):
-            raise
+    except (CLIError, FileNotFoundError, ValueError, TypeError) as err:  # ValueError/TypeError: the library's checks
         return _user_error(err)
     except KeyboardInterrupt:
         print("mtd: interrupted", file=sys.stderr)
@@ -41,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _user_error(err: BaseException) -> int:
-    if os.environ.get("MTD_DEBUG"):
+    if os.environ.get("MTD_TRACEBACK") == "1":
         raise err
     lines = str(err).strip().splitlines()
     print(f"mtd: error: {lines[0] if lines else type(err).__name__}", file=sys.stderr)

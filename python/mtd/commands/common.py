@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from torch import nn
 
@@ -25,14 +25,67 @@ def load_data(path: str, cache_dir: Optional[str] = None, progress: bool = True)
         raise CLIError(f"cannot read data {path!r}: {_one_line(err)}") from None
 
 
-def load_baseline(checkpoint: str, model_name: Optional[str], width: Optional[float]) -> nn.Module:
-    """Model from an mtd checkpoint; errors if it holds another architecture than ``--model``/``--width``."""
-    from ..models import build_model, load_checkpoint
-    from ..models.checkpoint import load_state_dict_checked
+def add_model_args(p, model_help: str) -> None:
+    """``--model`` and the normalisation of a user's model (``--mean``/``--std``, default CIFAR-10's)."""
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--mean", default=None, help="per-channel mean the model was trained with, in [0, 1] units, "
+                   "e.g. 0.485,0.456,0.406 (default: CIFAR-10's)")
+    p.add_argument("--std", default=None, help="per-channel std (with --mean), e.g. 0.229,0.224,0.225")
 
+
+def is_builder_spec(model: Optional[str]) -> bool:
+    """``--model module:function`` (a user's architecture) rather than a registry name."""
+    return model is not None and ":" in model
+
+
+def import_builder(spec: str) -> Callable[[], nn.Module]:
+    """The zero-argument model builder named ``module:function`` (the module must be importable)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        builder = importlib.import_module(module_name)
+        for part in attr.split("."):
+            builder = getattr(builder, part)
+    except (ImportError, AttributeError) as err:
+        raise CLIError(f"--model {spec!r}: cannot import it ({_one_line(err)}); give module:function with the "
+                       "module on PYTHONPATH") from None
+    if not callable(builder):
+        raise CLIError(f"--model {spec!r} is not callable")
+    return builder
+
+
+def build_user_model(spec: str) -> nn.Module:
+    """Call the ``module:function`` builder; its result must be an nn.Module."""
+    try:
+        model = import_builder(spec)()
+    except TypeError as err:
+        raise CLIError(f"--model {spec!r} must build the model without arguments ({_one_line(err)})") from None
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"--model {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_baseline(checkpoint: str, model_name: Optional[str], width: Optional[float]) -> nn.Module:
+    """The uncompressed model of ``checkpoint``.
+
+    With ``--model module:function`` the checkpoint may be a plain ``state_dict`` (``torch.save(model.
+    state_dict(), path)``) or an mtd checkpoint; otherwise it is an mtd checkpoint of a registry model,
+    checked against ``--model``/``--width``.
+    """
+    from ..models import build_model
+    from ..models.checkpoint import PLAN_KEY, load_state_dict_checked
+
+    if is_builder_spec(model_name):
+        model = build_user_model(model_name)
+        try:
+            load_state_dict_checked(model, _read_state_dict(checkpoint), source=f"checkpoint {checkpoint!r}")
+        except ValueError as err:
+            raise CLIError(_one_line(err)) from None
+        return model
     payload = _read_checkpoint(checkpoint)
     saved_name, kwargs = payload.get("model_name"), dict(payload.get("model_kwargs") or {})
-    if "mtd_plan" in (payload.get("extra") or {}):
+    if PLAN_KEY in (payload.get("extra") or {}):
         raise CLIError(f"checkpoint {checkpoint!r} holds an already compressed model; pass the original "
                        "(uncompressed) checkpoint")
     if model_name is not None and saved_name is not None and model_name != saved_name:
@@ -43,7 +96,8 @@ def load_baseline(checkpoint: str, model_name: Optional[str], width: Optional[fl
                        f"the width {width} given with --width")
     name = saved_name or model_name
     if name is None:
-        raise CLIError(f"checkpoint {checkpoint!r} does not record its model; pass --model")
+        raise CLIError(f"checkpoint {checkpoint!r} does not record its model; pass --model (a registry name or "
+                       "module:function)")
     if saved_name is None and width is not None:
         kwargs["width"] = width
     try:
@@ -54,22 +108,58 @@ def load_baseline(checkpoint: str, model_name: Optional[str], width: Optional[fl
     return model
 
 
-def load_any_model(checkpoint: str) -> tuple[nn.Module, Any]:
-    """(model, plan or None) from a baseline or a compressed checkpoint (written by ``mtd compress``)."""
-    from ..models import build_model
-    from ..planner import Plan, apply_plan
+def load_any_model(checkpoint: str, model_spec: Optional[str] = None) -> tuple[nn.Module, Any]:
+    """(model, plan or None) from a baseline or a compressed checkpoint (written by ``mtd compress``).
 
+    ``model_spec`` (``module:function``) is the architecture of a model outside the registry.
+    """
+    from ..models.checkpoint import PLAN_KEY
+    from ..serialization import load, load_plan
+
+    if is_builder_spec(model_spec) and not _is_compressed(checkpoint):
+        return load_baseline(checkpoint, model_spec, None), None
     payload = _read_checkpoint(checkpoint)
-    extra = payload.get("extra") or {}
-    if "mtd_plan" not in extra:
-        return load_baseline(checkpoint, None, None), None
-    plan = Plan.from_dict(json.loads(extra["mtd_plan"]))
+    if PLAN_KEY not in (payload.get("extra") or {}):
+        return load_baseline(checkpoint, model_spec, None), None
+    architecture = import_builder(model_spec) if is_builder_spec(model_spec) else None
     try:
-        model = build_model(payload["model_name"], **(payload.get("model_kwargs") or {}))
-        model = apply_plan(model, plan, state_dict=payload["state_dict"], decompose=False)
+        return load(checkpoint, model=architecture), load_plan(checkpoint)
     except (ValueError, TypeError) as err:
         raise CLIError(_one_line(err)) from None
-    return model, plan
+
+
+def _is_compressed(path: str) -> bool:
+    from ..models.checkpoint import CHECKPOINT_FORMAT, PLAN_KEY
+
+    payload = _torch_load(path)
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and \
+        PLAN_KEY in (payload.get("extra") or {})
+
+
+def _read_state_dict(path: str) -> Mapping[str, Any]:
+    """The weights in ``path``: a plain ``state_dict`` or an mtd checkpoint's."""
+    import torch
+
+    from ..models.checkpoint import CHECKPOINT_FORMAT
+
+    payload = _torch_load(path)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return payload["state_dict"]
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    raise CLIError(f"checkpoint {path!r} is neither a state_dict (torch.save(model.state_dict(), path)) nor an "
+                   "mtd checkpoint")
+
+
+def _torch_load(path: str) -> Any:
+    import torch
+
+    if not Path(path).is_file():
+        raise CLIError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (any unreadable file is the same user error)
+        raise CLIError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {_one_line(err)})") from None
 
 
 def _read_checkpoint(path: str) -> dict:
@@ -88,12 +178,24 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def data_loaders(arrays, batch_size: int, device, seed: int = 0, channels_last: bool = False):
-    """(train loader, test loader) over the whole data set."""
-    from ..data import TensorDataLoader
+def data_loaders(arrays, batch_size: int, device, seed: int = 0, channels_last: bool = False,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+    """(train loader, test loader) over the whole data set (CIFAR-10's mean/std unless given)."""
+    from ..data import CIFAR10_MEAN, CIFAR10_STD, TensorDataLoader
 
+    norm = dict(mean=mean or CIFAR10_MEAN, std=std or CIFAR10_STD)
     train = TensorDataLoader(arrays.train_x, arrays.train_y, batch_size, train=True, device=device,
-                             channels_last=channels_last, seed=seed)
+                             channels_last=channels_last, seed=seed, **norm)
     test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device,
-                            channels_last=channels_last)
+                            channels_last=channels_last, **norm)
     return train, test
+
+
+def parse_floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
+    """``"0.485,0.456,0.406"`` -> a tuple of floats (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CLIError(f"{name} must be comma-separated numbers, got {text!r}") from None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import data_loaders, load_any_model, load_data
+from .common import add_model_args, data_loaders, load_any_model, load_data, parse_floats
 from .train_cmd import add_common
 
 
@@ -12,6 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--batch-size", type=int, default=500)
+    add_model_args(p, "architecture of a model outside the registry: module:function")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -21,9 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import pick_device
 
     device = pick_device(args.device)
-    model, plan = load_any_model(args.checkpoint)
+    model, plan = load_any_model(args.checkpoint, args.model)
     arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
-    _, test = data_loaders(arrays, args.batch_size, device)
+    _, test = data_loaders(arrays, args.batch_size, device, mean=parse_floats(args.mean, "--mean"),
+                           std=parse_floats(args.std, "--std"))
     result = evaluate(model.to(device), test)
     params = sum(p.numel() for p in model.parameters())
     kind = f"compressed ({plan.method})" if plan else "baseline"

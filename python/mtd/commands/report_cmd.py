@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .common import CLIError, _read_checkpoint
+from .common import CLIError, _one_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def read_plan(path: str):
-    """A Plan from a plan JSON or from a compressed checkpoint's ``mtd_plan``."""
+    """A Plan from a plan JSON or from a compressed checkpoint (written by ``mtd compress`` / ``mtd.save``)."""
     from ..planner import Plan
 
     if not Path(path).is_file():
@@ -27,11 +26,12 @@ def read_plan(path: str):
             return Plan.load(path)
         except (ValueError, TypeError) as err:
             raise CLIError(f"{path!r} is not an mtd plan: {err}") from None
-    payload = _read_checkpoint(path)
-    plan = (payload.get("extra") or {}).get("mtd_plan")
-    if plan is None:
-        raise CLIError(f"{path!r} is a baseline checkpoint without a compression plan")
-    return Plan.from_dict(json.loads(plan))
+    from ..serialization import load_plan
+
+    try:
+        return load_plan(path)
+    except ValueError as err:
+        raise CLIError(_one_line(err)) from None
 
 
 def write_report(plans: list, out: str, title: str) -> Path:

@@ -32,3 +32,11 @@ class CIFAR10Arrays:
                 raise ValueError(f"{split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
             if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
                 raise ValueError(f"{split}_y has labels outside [0, {len(self.classes)})")
+
+    def subset(self, train_images: int, test_images: int, seed: int = 0) -> "CIFAR10Arrays":
+        """A seeded random subset of at most ``train_images`` / ``test_images`` images (smoke runs)."""
+        rng = np.random.default_rng(seed)
+        train = np.sort(rng.permutation(len(self.train_y))[:train_images])
+        test = np.sort(rng.permutation(len(self.test_y))[:test_images])
+        return CIFAR10Arrays(self.train_x[train], self.train_y[train], self.test_x[test], self.test_y[test],
+                             self.classes)

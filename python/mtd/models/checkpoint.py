@@ -19,6 +19,7 @@ from .registry import build_model
 
 CHECKPOINT_FORMAT = "mtd-checkpoint"
 CHECKPOINT_VERSION = 1
+PLAN_KEY = "mtd_plan"  # the key in ``extra`` of a compressed model's plan (JSON), see mtd.save
 PathLike = Union[str, os.PathLike]
 
 
@@ -109,6 +110,8 @@ def load_weights(model: nn.Module, path: PathLike, map_location: Any = "cpu") ->
 def load_model(path: PathLike, map_location: Any = "cpu") -> nn.Module:
     """Rebuild the architecture recorded in checkpoint ``path`` and load its weights."""
     payload = load_checkpoint(path, map_location)
+    if PLAN_KEY in (payload.get("extra") or {}):
+        raise ValueError(f"checkpoint {str(path)!r} holds a compressed model; load it with mtd.load(path)")
     name = payload.get("model_name")
     if name is None:
         raise ValueError(f"checkpoint {str(path)!r} has no model name; build the model yourself and use "

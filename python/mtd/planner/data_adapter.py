@@ -1,51 +1,73 @@
-"""Accept the planner's training data in the forms users have, and split it reproducibly.
+"""Accept the planner's data in the forms users have, without guessing how to normalise it.
 
-Accepted: an ``mtd.data.CIFAR10Arrays`` (its training split is used), or a pair ``(images, labels)``
-where images are uint8 ``(N, H, W, C)`` (normalised by ``mtd.data.TensorDataLoader``) or an already
-normalised float tensor ``(N, C, H, W)``.
+Accepted (training or validation data):
+
+- an ``mtd.data.CIFAR10Arrays``: its training split, normalised with CIFAR-10's mean/std (or the given
+  ones) and, when fine-tuning, augmented with CIFAR's random crop + flip;
+- a pair ``(images, labels)``: uint8 ``(N, H, W, C)`` images need an explicit ``mean``/``std`` (in
+  [0, 1] units, one value per channel); float ``(N, C, H, W)`` images are taken as already normalised;
+- a ``torch.utils.data.Dataset`` returning ``(image, label)`` (e.g. torchvision's ``ImageFolder`` with
+  ``ToTensor`` + ``Normalize``), or a ``DataLoader`` over one (its dataset, ``collate_fn`` and
+  ``num_workers`` are used; batches are drawn over the planner's index subsets). Float images are taken
+  as normalised, uint8 ``(C, H, W)`` images need ``mean``/``std``. The dataset's own transforms are the
+  only augmentation.
+
+Images may have any size the model takes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x float (N, C, H, W) normalised, y int64 (N,)) on the device
 
 
-@dataclass
 class PlanningData:
-    """Images + labels with a way to iterate batches of any index subset."""
+    """Images + labels with a way to iterate batches of any index subset (what ``compress`` uses)."""
 
-    images: Any  # uint8 (N, H, W, C) numpy/tensor, or float (N, C, H, W) tensor
-    labels: torch.Tensor  # (N,) int64
-
-    @property
-    def is_uint8(self) -> bool:
-        return self.images.dtype in (np.uint8, torch.uint8)
+    labels: torch.Tensor  # (N,) int64, every label
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def loader(self, indices: np.ndarray, batch_size: int, *, train: bool, device: torch.device,
                seed: int = 0) -> Any:
-        """An iterable of (x, y) batches on ``device`` over ``indices`` (shuffled + augmented if ``train``)."""
-        if self.is_uint8:
+        """A re-iterable of ``(x, y)`` batches on ``device`` over ``indices`` (shuffled, and augmented where
+        the source defines augmentation, if ``train``); has ``len()`` (batches per pass)."""
+        raise NotImplementedError
+
+    def batches(self, indices: np.ndarray, batch_size: int, device: torch.device) -> list[Batch]:
+        """All (x, y) batches over ``indices`` in order, materialised (for repeated scoring)."""
+        return list(self.loader(indices, batch_size, train=False, device=device))
+
+
+@dataclass
+class ArrayData(PlanningData):
+    """In-memory images: uint8 ``(N, H, W, C)`` with their normalisation, or normalised float ``(N, C, H, W)``."""
+
+    images: Any  # uint8 (N, H, W, C) numpy/tensor, or float (N, C, H, W) tensor
+    labels: torch.Tensor
+    mean: Optional[tuple[float, ...]] = None  # uint8 only
+    std: Optional[tuple[float, ...]] = None
+    augment: bool = False  # CIFAR crop + flip when training (CIFAR10Arrays only)
+
+    def loader(self, indices, batch_size, *, train, device, seed=0):
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        if self.mean is not None:  # uint8
             from ..data import TensorDataLoader
 
-            x = self.images[indices]
-            y = self.labels[torch.as_tensor(indices)]
-            return TensorDataLoader(x, y, batch_size=batch_size, train=train, device=device, seed=seed)
-        return _FloatLoader(self.images[torch.as_tensor(indices)], self.labels[torch.as_tensor(indices)],
-                            batch_size, train, device, seed)
-
-    def batches(self, indices: np.ndarray, batch_size: int, device: torch.device) -> list:
-        """All (x, y) batches over ``indices`` in order, materialised (for repeated scoring)."""
-        return [(x, y) for x, y in self.loader(indices, batch_size, train=False, device=device)]
+            return TensorDataLoader(self.images[np.asarray(indices)], self.labels[idx], batch_size=batch_size,
+                                    train=train, augment=train and self.augment, device=device, seed=seed,
+                                    mean=self.mean, std=self.std)
+        return _FloatLoader(self.images[idx], self.labels[idx], batch_size, train, device, seed)
 
 
 class _FloatLoader:
-    """Minimal batch iterator for pre-normalised float tensors (shuffles per epoch when training)."""
+    """Batches of pre-normalised float tensors (shuffled per pass when training)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool, device: torch.device,
                  seed: int):
@@ -55,56 +77,151 @@ class _FloatLoader:
     def __len__(self) -> int:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         order = torch.randperm(len(self.y), generator=self.generator) if self.train else torch.arange(len(self.y))
         for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.x[idx].to(self.device), self.y[idx].to(self.device)
 
 
-def as_planning_data(train_data: Any) -> PlanningData:
-    """Normalise ``train_data`` (see module docstring) into :class:`PlanningData`."""
-    if hasattr(train_data, "train_x") and hasattr(train_data, "train_y"):
-        images, labels = train_data.train_x, train_data.train_y
-    elif isinstance(train_data, (tuple, list)) and len(train_data) == 2:
-        images, labels = train_data
-    else:
-        raise TypeError("train_data must be an mtd.data.CIFAR10Arrays or a pair (images, labels); got "
-                        f"{type(train_data).__name__}")
+@dataclass
+class DatasetData(PlanningData):
+    """A map-style ``Dataset`` of ``(image (C, H, W), label)``, read through ``DataLoader``s."""
+
+    dataset: Dataset
+    labels: torch.Tensor
+    mean: Optional[tuple[float, ...]] = None  # set for uint8 images
+    std: Optional[tuple[float, ...]] = None
+    num_workers: int = 0
+    collate_fn: Any = None
+
+    def loader(self, indices, batch_size, *, train, device, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        inner = DataLoader(Subset(self.dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=train,
+                           generator=generator, num_workers=self.num_workers, collate_fn=self.collate_fn,
+                           pin_memory=torch.device(device).type == "cuda")
+        return _DeviceLoader(inner, torch.device(device), self.mean, self.std)
+
+
+class _DeviceLoader:
+    """Moves a DataLoader's batches to the device (and normalises uint8 images there)."""
+
+    def __init__(self, inner: DataLoader, device: torch.device, mean, std):
+        self.inner, self.device = inner, device
+        self.scale_shift = None
+        if mean is not None:  # x_float = (x / 255 - mean) / std = x * scale + shift
+            m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self.scale_shift = (1.0 / (255.0 * s), -m / s)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.inner:
+            x = x.to(self.device, non_blocking=True)
+            if self.scale_shift is not None:
+                x = torch.addcmul(self.scale_shift[1], x.float(), self.scale_shift[0])
+            yield x, torch.as_tensor(y).to(self.device, torch.int64, non_blocking=True)
+
+
+def as_planning_data(data: Any, *, mean: Optional[Sequence[float]] = None,
+                     std: Optional[Sequence[float]] = None) -> PlanningData:
+    """Wrap ``data`` (see the module docstring) as :class:`PlanningData`.
+
+    ``mean``/``std`` normalise uint8 images (``x / 255``, then per channel); they are required for uint8
+    data other than ``CIFAR10Arrays`` and rejected for float images, which are taken as normalised.
+    """
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (per-channel normalisation of uint8 images), or neither")
+    norm = None if mean is None else (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    if isinstance(data, DataLoader):
+        return _from_dataset(data.dataset, norm, num_workers=data.num_workers, collate_fn=data.collate_fn)
+    if isinstance(data, Dataset):
+        return _from_dataset(data, norm)
+    if hasattr(data, "train_x") and hasattr(data, "train_y"):  # CIFAR10Arrays: the known data set
+        from ..data import CIFAR10_MEAN, CIFAR10_STD
+
+        return _from_arrays(data.train_x, data.train_y, norm or (CIFAR10_MEAN, CIFAR10_STD), augment=True)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return _from_arrays(*data, norm, augment=False)
+    raise TypeError("train_data / val_data must be a torch Dataset or DataLoader of (image, label), an "
+                    f"mtd.data.CIFAR10Arrays or a pair (images, labels); got {type(data).__name__}")
+
+
+def _from_arrays(images: Any, labels: Any, norm, augment: bool) -> ArrayData:
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).long()
-    if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+    if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(f"images must be 4-D with one label each; got images {tuple(images.shape)} and "
                          f"labels {tuple(labels.shape)}")
     if images.dtype in (np.uint8, torch.uint8):
-        if images.shape[-1] not in (1, 3):
-            raise ValueError(f"uint8 images must be (N, H, W, C) with C in (1, 3); got {tuple(images.shape)}")
-    elif isinstance(images, torch.Tensor) and images.is_floating_point():
-        pass
-    elif isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
+        if norm is None:
+            raise ValueError("uint8 images need an explicit normalisation: pass mean=... and std=... (per channel, "
+                             "in [0, 1] units, e.g. ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)), "
+                             "or pass float images normalised the way the model was trained")
+        _check_channels(norm, int(images.shape[-1]), "uint8 images (N, H, W, C)")
+        return ArrayData(images, labels, norm[0], norm[1], augment)
+    if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
         images = torch.from_numpy(images)
-    else:
+    if not (isinstance(images, torch.Tensor) and images.is_floating_point()):
         raise TypeError(f"images must be uint8 (N, H, W, C) or float (N, C, H, W); got dtype {images.dtype}")
-    return PlanningData(images, labels)
+    _reject_norm_for_float(norm)
+    return ArrayData(images, labels)
 
 
-@dataclass(frozen=True)
-class Splits:
-    """Disjoint index sets of the training data: calibration, held-out verification, fine-tuning."""
+def _from_dataset(dataset: Dataset, norm, num_workers: int = 0, collate_fn: Any = None) -> DatasetData:
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise TypeError("the planner draws index subsets of the data: pass a map-style Dataset (with __len__ and "
+                        f"__getitem__), not {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    item = dataset[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise ValueError(f"dataset items must be (image, label) pairs; item 0 is {type(item).__name__}")
+    x = item[0]
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise ValueError(f"dataset images must be (C, H, W) tensors; item 0 has a {type(x).__name__}"
+                         f"{' of shape ' + str(tuple(x.shape)) if isinstance(x, torch.Tensor) else ''} (add a "
+                         "transform such as torchvision's ToTensor() + Normalize(mean, std))")
+    if x.dtype == torch.uint8:
+        if norm is None:
+            raise ValueError("the dataset returns uint8 images: pass mean=... and std=... (per channel, in [0, 1] "
+                             "units), or add Normalize to its transform")
+        _check_channels(norm, int(x.shape[0]), "dataset images (C, H, W)")
+    elif x.is_floating_point():
+        _reject_norm_for_float(norm)
+    else:
+        raise TypeError(f"dataset images must be float or uint8 tensors, got {x.dtype}")
+    mean, std = norm if norm is not None else (None, None)
+    return DatasetData(dataset, dataset_labels(dataset), mean, std, num_workers, collate_fn)
 
-    calibration: np.ndarray
-    holdout: np.ndarray
-    finetune: np.ndarray
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Every label of ``dataset`` (1-D int64): from ``targets`` (torchvision), a ``TensorDataset`` or a
+    ``Subset`` of one without reading images; otherwise by reading every item once."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        labels = dataset.tensors[1]
+    elif getattr(dataset, "targets", None) is not None:
+        labels = dataset.targets
+    else:
+        labels = [dataset[i][1] for i in range(len(dataset))]
+    labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"dataset labels must be class indices (ints); got {labels.dtype} {tuple(labels.shape)}")
+    return labels.long()
 
 
-def make_splits(n: int, calib_size: int, holdout_size: int, seed: int) -> Splits:
-    """Seeded random split; fine-tuning uses everything except the held-out images."""
-    if calib_size < 1:
-        raise ValueError(f"calib_size must be >= 1, got {calib_size}")
-    if calib_size + holdout_size > n:
-        raise ValueError(f"calib_size ({calib_size}) + holdout_size ({holdout_size}) exceed the {n} "
-                         "training images available")
-    order = np.random.default_rng(seed).permutation(n)
-    calib = np.sort(order[:calib_size])
-    holdout = np.sort(order[calib_size:calib_size + holdout_size])
-    finetune = np.sort(np.concatenate([order[:calib_size], order[calib_size + holdout_size:]]))
-    return Splits(calib, holdout, finetune)
+def _check_channels(norm, channels: int, what: str) -> None:
+    if len(norm[0]) != channels or len(norm[1]) != channels:
+        raise ValueError(f"mean/std have {len(norm[0])}/{len(norm[1])} values but the {what} have {channels} "
+                         "channels")
+    if min(norm[1]) <= 0:
+        raise ValueError(f"std must be positive, got {norm[1]}")
+
+
+def _reject_norm_for_float(norm) -> None:
+    if norm is not None:
+        raise ValueError("mean/std normalise uint8 images; these images are float and are taken as already "
+                         "normalised (normalise them yourself, or pass uint8 images)")
