@@ -210,7 +210,7 @@ def test_config_validates_and_round_trips():
                        (dict(target_ratio=0.5), "target_ratio"), (dict(method="magic"), "unknown method"),
                        (dict(method="cp-uniform"), "needs target_ratio"), (dict(confidence=1.0), "confidence"),
                        (dict(grid="huge"), "unknown candidate grid"), (dict(mean=(0.5,)), "both mean and std"),
-                       (dict(max_drop=None), "needs a target_ratio"), (dict(finetune_epochs=-1), "finetune_epochs")]:
+                       (dict(max_drop=None), "needs a target_ratio or an EVBMF method"), (dict(finetune_epochs=-1), "finetune_epochs")]:
         with pytest.raises(ValueError, match=match):
             CompressConfig(**bad)
     with pytest.raises(TypeError, match="unknown CompressConfig field"):

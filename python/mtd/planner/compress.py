@@ -206,7 +206,8 @@ class _Run:
             measured = (f"held-out drop {v['drop']:+.2f} points (+{v['margin']:.2f} margin at confidence "
                         f"{cfg.confidence}) on {v['images']} images")
             if cfg.max_drop is None:
-                verdict = f"target ratio {cfg.target_ratio}x: {ratio:.2f}x fewer parameters, {measured}"
+                verdict = (f"target ratio {cfg.target_ratio}x" if cfg.target_ratio else f"{cfg.method} rule") + \
+                    f": {ratio:.2f}x fewer parameters, {measured}"
                 if info.get("reached_target") is False:
                     verdict += " (target not reached: this is the most compressed assignment of the grid)"
             else:

@@ -24,7 +24,8 @@ class CompressConfig:
         max_drop: accuracy points the compressed model may lose, verified on held-out images after
             fine-tuning (``None`` only with ``target_ratio``).
         target_ratio: reach this whole-model parameter ratio instead of searching the budget (the drop is
-            still verified and reported; ``strict`` makes a miss of ``max_drop`` an error).
+            still verified and reported; ``strict`` makes a miss of ``max_drop`` an error). ``max_drop=None``
+            with an EVBMF method returns the rule's model whatever its drop (a baseline, not a promise).
         confidence: one-sided confidence that the true drop is within ``max_drop``: a model passes when
             ``drop + z * se <= max_drop``, ``se`` the paired standard error of the held-out drop and ``z``
             the normal quantile of ``confidence`` (0.5 = no margin).
@@ -102,8 +103,9 @@ class CompressConfig:
         if self.method.endswith("-uniform") and self.target_ratio is None:
             raise ValueError(f"method {self.method!r} needs target_ratio (the per-layer compression ratio)")
         if self.max_drop is None:
-            if self.target_ratio is None:
-                raise ValueError("max_drop=None needs a target_ratio (otherwise there is nothing to aim at)")
+            if self.target_ratio is None and not self.method.endswith("-vbmf"):
+                raise ValueError("max_drop=None needs a target_ratio or an EVBMF method (otherwise there is "
+                                 "nothing to aim at)")
         elif not (_is_number(self.max_drop) and 0 <= self.max_drop < 100):
             raise ValueError(f"max_drop must be a number of accuracy points in [0, 100), got {self.max_drop!r}")
         if not (_is_number(self.confidence) and 0.5 <= self.confidence < 1):

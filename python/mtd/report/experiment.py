@@ -110,7 +110,8 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
                 results["rows"].append({"method": method, "skipped": "no target ratio"})
                 continue
         t0 = time.perf_counter()
-        compressed, plan = compress(model, arrays, method=method, max_drop=cfg.max_drop, target_ratio=target_ratio,
+        budget = None if method.endswith("-vbmf") else cfg.max_drop  # EVBMF baselines: the rule, not a promise
+        compressed, plan = compress(model, arrays, method=method, max_drop=budget, target_ratio=target_ratio,
                                     calib_size=cfg.calib_size,
                                     holdout_size=cfg.holdout_size, finetune_epochs=cfg.finetune_epochs,
                                     finetune_lr=cfg.finetune_lr, device=device, seed=cfg.seed, progress=progress,
