@@ -56,18 +56,18 @@ def register_onnx_translations(opset: int = ONNX_OPSET) -> None:
     global _registered
     if _registered:
         return
-    from mtd_kernels.ops import OPS
+    from mtd_kernels.ops import SPECS
 
-    for name, entry in OPS.items():
-        torch.onnx.register_custom_op_symbolic(f"mtd::{name}", _conv_chain_symbolic(entry), opset)
+    for name, spec in SPECS.items():
+        torch.onnx.register_custom_op_symbolic(f"mtd::{name}", _conv_chain_symbolic(spec), opset)
     _registered = True
 
 
-def _conv_chain_symbolic(entry: dict) -> Callable:
+def _conv_chain_symbolic(spec) -> Callable:
     """The symbolic function of one op: ``(g, input, *weights, bias, stride, padding, dilation, relu)``."""
     from torch.onnx import symbolic_helper as sh
 
-    n_weights, build_stages = entry["n_weights"], entry["build_stages"]
+    n_weights, build_stages = spec.n_weights, spec.build_stages
 
     def symbolic(g, x, *args):
         weights, (bias, stride, padding, dilation, relu) = args[:n_weights], args[n_weights:]
