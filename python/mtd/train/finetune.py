@@ -7,7 +7,7 @@ What :func:`finetune` adds to :func:`mtd.train.train`:
 - per-parameter learning-rate scales (``lr_scales``; :func:`cp_factor_lr_scales` gives CP factors a smaller
   rate: CP factors are known to be unstable at plain SGD rates, Lebedev et al. 2015);
 - gradient clipping (``max_grad_norm``);
-- divergence detection: a NaN/inf loss, or one ``divergence_factor`` times the epoch's early mean, restores
+- divergence detection: a NaN/inf loss, or one ``divergence_factor`` times the mean of the first losses, restores
   the best state so far, halves the learning rate and goes on (at most ``max_retries`` times);
 - best-on-held-out checkpointing: with ``eval_fn`` (higher is better) the model is scored before training
   and after every epoch, and the best state is what the model holds at the end.
