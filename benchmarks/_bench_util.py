@@ -62,3 +62,83 @@ def write_rows(rows: Sequence[Dict[str, object]], summary: List[Dict[str, object
         writer.writerows(rows)
     with open(out_prefix + ".json", "w") as f:
         json.dump({"machine": machine_info(), "rows": list(rows), "geomeans": summary}, f, indent=1)
+
+
+def write_result_files(results: dict, out, stem: str, markdown: Callable[[dict, str], str],
+                       plot: Callable[[dict, object], None]) -> None:
+    """Atomically write ``<out>/<stem>.json``, ``.png`` (``plot(results, path)``) and ``.md``."""
+    from pathlib import Path
+
+    from mtd.utils import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / f"{stem}.json", "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, out / f"{stem}.png")
+    with atomic_write(out / f"{stem}.md", "w") as f:
+        f.write(markdown(results, stem))
+
+
+def save_figure(fig, path) -> None:
+    """Save a matplotlib figure atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def search_lines(search: dict, verified_on: str) -> List[str]:
+    """Markdown lines for the probes and rounds of an ``mtd.compress`` budget search (``plan.results``)."""
+    lines = ["", "Search (probes: short fine-tune, drop on calibration images; rounds: full fine-tune, "
+             f"verified on {verified_on}):", ""]
+    lines += [f"- probe {p['index']}: {p['ratio']:.2f}x, calibration drop {p['calibration_drop']:+.2f}"
+              for p in search["probes"]]
+    lines += [f"- round at {r['index']}: {r['ratio']:.2f}x, verified drop {r['drop']:+.2f} (+{r['margin']:.2f}) -> "
+              f"{'pass' if r['passed'] else 'fail'}" for r in search["rounds"]]
+    return lines
+
+
+def cifar_arrays(data: str, subset, seed: int):
+    """CIFAR-10 as arrays; with ``subset`` only a seeded random ``subset`` of the training images (smoke runs)."""
+    import numpy as np
+
+    from mtd.data import CIFAR10Arrays, load_cifar10
+
+    arrays = load_cifar10(data)
+    if subset:
+        idx = np.sort(np.random.default_rng(seed).permutation(len(arrays.train_y))[:subset])
+        arrays = CIFAR10Arrays(arrays.train_x[idx], arrays.train_y[idx], arrays.test_x, arrays.test_y, arrays.classes)
+    return arrays
+
+
+def resumed_results(json_path, args) -> dict:
+    """The results of an earlier run of the same experiment (same arguments), else a fresh dict with them."""
+    from pathlib import Path
+
+    from mtd.report.experiment import machine_description
+
+    path = Path(json_path)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    if results.get("args") not in (None, vars(args)):  # a resumed run must be the same experiment
+        print(f"{path} was made with other arguments; starting over")
+        results = {}
+    results.setdefault("args", vars(args))
+    results.setdefault("machine", machine_description(torch.device("cpu")))
+    results.setdefault("steps", {})
+    return results

@@ -17,14 +17,15 @@ Smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subs
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_util as bu  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,27 +48,15 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-only", action="store_true", help="train (or load) the cached baseline and stop")
     args = p.parse_args(argv)
 
-    from mtd.data import CIFAR10Arrays, TensorDataLoader, load_cifar10
-    from mtd.report.experiment import machine_description
+    from mtd.data import TensorDataLoader
 
-    arrays = load_cifar10(args.data)
-    stem = args.stem or "cifar_cpu"
-    if args.subset:
-        idx = np.sort(np.random.default_rng(args.seed).permutation(len(arrays.train_y))[:args.subset])
-        arrays = CIFAR10Arrays(arrays.train_x[idx], arrays.train_y[idx], arrays.test_x, arrays.test_y, arrays.classes)
-        stem = args.stem or f"cifar_cpu_subset{args.subset}"
+    arrays = bu.cifar_arrays(args.data, args.subset, args.seed)
+    stem = args.stem or (f"cifar_cpu_subset{args.subset}" if args.subset else "cifar_cpu")
     if args.baseline_only:
         _baseline(arrays, args, torch.device("cpu"))
         return 0
     out = Path(args.out)
-    json_path = out / f"{stem}.json"
-    results = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    if results.get("args") not in (None, vars(args)):  # a resumed run must be the same experiment
-        print(f"{json_path} was made with other arguments; starting over")
-        results = {}
-    results.setdefault("args", vars(args))
-    results.setdefault("machine", machine_description(torch.device("cpu")))
-    results.setdefault("steps", {})
+    results = bu.resumed_results(out / f"{stem}.json", args)
     steps = results["steps"]
     device = torch.device("cpu")
     test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device)
@@ -168,14 +157,7 @@ def _compress_step(baseline, arrays, args, device, test, method, ratio) -> dict:
 
 # -- reporting ------------------------------------------------------------------------------------------------
 def write_results(results: dict, out: Path, stem: str) -> None:
-    from mtd.utils import atomic_write
-
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / f"{stem}.json", "w") as f:
-        json.dump(results, f, indent=1)
-    _plot(results, out / f"{stem}.png")
-    with atomic_write(out / f"{stem}.md", "w") as f:
-        f.write(_markdown(results, stem))
+    bu.write_result_files(results, out, stem, _markdown, _plot)
 
 
 def _markdown(results: dict, stem: str) -> str:
@@ -211,22 +193,13 @@ def _markdown(results: dict, stem: str) -> str:
         for l in budget["layers"]:
             lines.append(f"| {l['name']} | {l['method']} | {l['ranks']} | {l['params_before']} | {l['params_after']} |")
         if "search" in budget:
-            lines += ["", "Search (probes: short fine-tune, drop on calibration images; rounds: full fine-tune, "
-                      "verified on held-out images):", ""]
-            lines += [f"- probe {p['index']}: {p['ratio']:.2f}x, calibration drop {p['calibration_drop']:+.2f}"
-                      for p in budget["search"]["probes"]]
-            lines += [f"- round at {r['index']}: {r['ratio']:.2f}x, held-out drop {r['drop']:+.2f} "
-                      f"(+{r['margin']:.2f}) -> {'pass' if r['passed'] else 'fail'}" for r in budget["search"]["rounds"]]
+            lines += bu.search_lines(budget["search"], "held-out images")
     lines += ["", f"![accuracy vs compression]({stem}.png)", ""]
     return "\n".join(lines)
 
 
 def _plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = bu.pyplot()
     steps = results["steps"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for method, style in (("mtd", "o-"), ("cp-uniform", "s--"), ("tucker-uniform", "^--")):
@@ -248,11 +221,7 @@ def _plot(results: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"CIFAR-10 {results['args']['model']} width {results['args']['width']} ({socket.gethostname()})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    bu.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,17 @@ def test_compress_and_eval_on_tiny_cifar(capsys, tiny_cifar, vgg11_checkpoint, t
     assert plan.results["test"]["base_accuracy"] == pytest.approx(100 * evaluate(baseline, test)["accuracy"])
     assert plan.results["test"]["accuracy"] == pytest.approx(100 * evaluate(compressed, test)["accuracy"])
     assert sum(p.numel() for p in compressed.parameters()) < sum(p.numel() for p in baseline.parameters())
+    # compressed.pt2: the model prepared for inference (BatchNorm folded, ReLU fused), same outputs
+    x = next(iter(test))[0][:3]
+    program = torch.export.load(out / "compressed.pt2")
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert any("mtd." in t for t in targets) and not any("batch_norm" in t for t in targets), targets
+    with torch.no_grad():
+        expected = compressed.eval()(x)
+        torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-4)
+        prepared = mtd.load(out / "compressed.pt", prepare_inference=True)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.features[:8])
+        torch.testing.assert_close(prepared(x), expected, rtol=1e-4, atol=1e-4)
     rc, stdout, _ = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(out / "compressed.pt"),
                             "--cache-dir", str(tmp_path), "--quiet")
     assert rc == 0 and "compressed (mtd)" in stdout
@@ -174,6 +185,11 @@ def test_compress_eval_export_a_model_from_module_function(capsys, tiny_cifar, u
     assert rc == 0, err
     program = torch.export.load(tmp_path / "m.pt2")
     assert any("mtd." in str(n.target) for n in program.graph.nodes)
+    assert not any("batch_norm" in str(n.target) for n in program.graph.nodes)  # prepared for inference
+    rc, stdout, err = run_cli(capsys, "export", "--checkpoint", str(out / "compressed.pt"), "--model", spec,
+                              "--out", str(tmp_path / "raw.pt2"), "--no-prepare")
+    assert rc == 0 and "as trained" in stdout, err
+    assert any("batch_norm" in str(n.target) for n in torch.export.load(tmp_path / "raw.pt2").graph.nodes)
 
 
 def test_user_model_errors(capsys, tiny_cifar, user_model, tmp_path):
@@ -201,3 +217,29 @@ def test_bad_options_fail_before_any_training(capsys, tiny_cifar, tmp_path):
                          str(tmp_path / "out"))
     assert_user_error(rc, err, "max_drop")
     assert not (tmp_path / "out" / "baseline.pt").exists()
+
+
+def test_quick_job_verifies_on_images_its_baseline_never_trained_on(capsys, tiny_cifar, tmp_path):
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--smoke", "--quiet", "--out", str(out),
+                              "--cache-dir", str(tmp_path))
+    assert rc == 0, err
+    holdout = Plan.load(out / "plan.json").results["holdout"]
+    assert holdout["source"] == "val_data" and holdout["images"] == 100
+    assert "verifying the budget on 100 training images" in stdout
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--val-images", "50")
+    assert_user_error(rc, err, "--val-images needs --checkpoint")
+
+
+def test_val_images_verify_on_test_images_and_report_on_the_rest(capsys, tiny_cifar, vgg11_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
+                              "--layers", "features.4", "--finetune-epochs", "0", "--grid", "tiny", "--max-drop", "99",
+                              "--val-images", "40", "--quiet", "--out", str(out), "--cache-dir", str(tmp_path))
+    assert rc == 0, err
+    plan = Plan.load(out / "plan.json")
+    assert plan.results["holdout"] == {**plan.results["holdout"], "source": "val_data", "images": 40}
+    assert "reported on the other 60" in stdout  # tiny_cifar: 100 test images
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
+                         "--val-images", "100", "--quiet", "--out", str(out), "--cache-dir", str(tmp_path))
+    assert_user_error(rc, err, "cannot hold out 100 of the 100 test images")

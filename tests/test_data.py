@@ -491,3 +491,23 @@ def test_unusable_datasets_are_rejected_clearly():
         as_planning_data(TensorDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2)))
     with pytest.raises(TypeError, match="Dataset or DataLoader"):
         as_planning_data(torch.zeros(2, 3, 4, 4))
+
+
+def test_split_validation_moves_a_seeded_disjoint_slice():
+    from mtd.data import CIFAR10Arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(30, dtype=np.int64) % 10
+    arrays = CIFAR10Arrays(x, y, x[:20], y[:20], tuple("abcdefghij"))
+    rest, val = arrays.split_validation(8, seed=3)
+    assert len(rest.train_y) == 22 and len(val.train_y) == 8 and len(val.test_y) == 0
+    assert np.array_equal(rest.test_x, arrays.test_x)
+    joined = np.concatenate([rest.train_x, val.train_x]).reshape(30, -1)
+    assert len({row.tobytes() for row in joined}) == 30  # a partition: nothing lost, nothing twice
+    again = arrays.split_validation(8, seed=3)[1]
+    assert np.array_equal(again.train_x, val.train_x)
+    rest, val = arrays.split_validation(5, seed=3, from_test=True)
+    assert len(rest.test_y) == 15 and len(val.train_y) == 5 and np.array_equal(rest.train_x, arrays.train_x)
+    with pytest.raises(ValueError, match="cannot hold out 30"):
+        arrays.split_validation(30)

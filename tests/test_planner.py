@@ -320,3 +320,13 @@ def test_compress_rejects_bad_arguments(tiny):
         compress(model, (x, y), holdout_size=0)
     with pytest.raises(TypeError, match="train_data"):
         compress(model, x)
+
+
+def test_probe_threshold_models_what_fine_tuning_leaves():
+    from mtd.planner.search import RETAINED, probe_threshold
+
+    assert probe_threshold([], 1.0, 0.0) == pytest.approx(1.0 / RETAINED)  # before any round: proportional
+    assert probe_threshold([(4.0, 1.0)], 1.0, 0.2) == pytest.approx(0.8 / 0.25)  # one round: its fraction
+    # two rounds: the line through them (verified = probe - 0.5), solved for verified + margin = max_drop
+    assert probe_threshold([(3.5, 3.0), (0.8, 0.3)], 1.0, 0.2) == pytest.approx(1.3)
+    assert probe_threshold([(0.1, 1.1)], 1.0, 0.2) == pytest.approx(0.8)  # a near-free probe failed

@@ -246,3 +246,38 @@ def test_recalibrate_batchnorm_re_estimates_statistics():
         h = model[0](x)
     torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_cached_teacher_fine_tunes_exactly_like_the_teacher_and_reuses_repeated_batches():
+    from mtd.train.teacher_cache import CachedTeacher
+
+    x, y = synthetic(64)
+    teacher = tiny(seed=2).eval()
+    cached = CachedTeacher(teacher)
+    students = []
+    for t in (teacher, cached, cached):  # plain, cached (all misses), cached again (all hits)
+        student = tiny(seed=3)
+        finetune(student, TensorDataLoader(x, y, 16, train=True, seed=5), epochs=2, lr=0.05, teacher=t, **QUIET)
+        students.append(student.state_dict())
+    assert cached.misses == 8 and cached.hits == 8  # 4 augmented batches a pass, new each pass, same per run
+    for other in students[1:]:
+        for name, value in students[0].items():
+            torch.testing.assert_close(other[name], value, rtol=0, atol=0)
+
+
+def test_cached_teacher_keys_on_exact_values_and_bounds_its_memory():
+    from mtd.train.teacher_cache import CachedTeacher
+
+    teacher = torch.nn.Linear(6, 3).eval()
+    cached = CachedTeacher(teacher, max_bytes=2 * 4 * 3 * 4)  # two (4, 3) float outputs
+    a = torch.randn(4, 6)
+    b = a.clone()
+    b[3, 5] = torch.nextafter(b[3, 5], torch.tensor(1e9))  # one value, one ulp apart
+    torch.testing.assert_close(cached(a), teacher(a).detach())
+    torch.testing.assert_close(cached(b), teacher(b).detach())
+    assert cached.misses == 2 and not torch.equal(cached(a), cached(b)) and cached.hits == 2
+    cached(torch.randn(4, 6))  # a third entry evicts the oldest (a)
+    cached(a)
+    assert cached.misses == 4
+    with pytest.raises(RuntimeError, match="frozen"):
+        cached.train()

@@ -42,12 +42,13 @@ def load_plan(path: PathLike):
 
 
 def load(path: PathLike, model: Union[nn.Module, Callable[[], nn.Module], None] = None, *,
-         backend: str = "fused") -> nn.Module:
+         backend: str = "fused", prepare_inference: bool = False) -> nn.Module:
     """The compressed model saved at ``path``.
 
     ``model`` is the original (uncompressed) architecture: a module (not modified; its weights do not
     matter) or a zero-argument builder. Registry models (``mtd.models``) need none. ``backend`` is
-    "fused" (``torch.ops.mtd``) or "torch" (plain convolutions).
+    "fused" (``torch.ops.mtd``) or "torch" (plain convolutions). ``prepare_inference`` returns it ready for
+    inference (:func:`mtd.prepare_inference`: BatchNorm folded, ReLU fused; eval mode, not for training).
     """
     from .models import build_model
     from .planner import apply_plan
@@ -72,7 +73,8 @@ def load(path: PathLike, model: Union[nn.Module, Callable[[], nn.Module], None] 
     if missing:
         raise ValueError(f"{str(path)!r} does not fit this architecture ({type(original).__name__}): it has no "
                          f"layer(s) {missing[:3]} named in the plan")
-    return apply_plan(original, plan, state_dict=payload["state_dict"], decompose=False, backend=backend)
+    return apply_plan(original, plan, state_dict=payload["state_dict"], decompose=False, backend=backend,
+                      prepare_inference=prepare_inference)
 
 
 def _plan_of(payload: dict, path: PathLike):

@@ -40,3 +40,18 @@ class CIFAR10Arrays:
         test = np.sort(rng.permutation(len(self.test_y))[:test_images])
         return CIFAR10Arrays(self.train_x[train], self.train_y[train], self.test_x[test], self.test_y[test],
                              self.classes)
+
+    def split_validation(self, images: int, seed: int = 0, *, from_test: bool = False
+                         ) -> Tuple["CIFAR10Arrays", "CIFAR10Arrays"]:
+        """``(rest, validation)``: a seeded random ``images`` of the training (or ``from_test``: test) split
+        moved out of ``rest`` into ``validation``'s training split (its test split is empty)."""
+        x, y = (self.test_x, self.test_y) if from_test else (self.train_x, self.train_y)
+        if not 0 < images < len(y):
+            raise ValueError(f"cannot hold out {images} of the {len(y)} {'test' if from_test else 'training'} "
+                             "images for validation")
+        order = np.random.default_rng(seed).permutation(len(y))
+        val, keep = np.sort(order[:images]), np.sort(order[images:])
+        validation = CIFAR10Arrays(x[val], y[val], self.test_x[:0], self.test_y[:0], self.classes)
+        if from_test:
+            return CIFAR10Arrays(self.train_x, self.train_y, x[keep], y[keep], self.classes), validation
+        return CIFAR10Arrays(x[keep], y[keep], self.test_x, self.test_y, self.classes), validation

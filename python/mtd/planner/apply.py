@@ -15,7 +15,7 @@ from .plan import Plan
 
 def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
                backend: str = "fused", cache: Optional[FactorCache] = None, inplace: bool = False,
-               decompose: bool = True) -> nn.Module:
+               decompose: bool = True, prepare_inference: bool = False) -> nn.Module:
     """Return ``model`` with every planned layer replaced by its decomposed version.
 
     ``model`` must hold the original (uncompressed) weights the plan was made from; the
@@ -23,7 +23,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str
     identical to the planner's model before fine-tuning. Pass ``state_dict`` (e.g. a fine-tuned
     compressed model's) to load it on top. ``backend`` is "fused" (mtd_kernels) or "torch".
     ``decompose=False`` (only with ``state_dict``) skips the decompositions and builds empty layers of
-    the planned shapes, which is much faster when the weights are loaded anyway.
+    the planned shapes, which is much faster when the weights are loaded anyway. ``prepare_inference``
+    returns the model ready for inference instead (:func:`mtd.prepare_inference`: eval mode, BatchNorm
+    folded, ReLU fused into the fused ops; a copy even with ``inplace``).
     """
     if not decompose and state_dict is None:
         raise ValueError("apply_plan(decompose=False) needs a state_dict to fill the layers")
@@ -47,4 +49,8 @@ def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str
         from ..models.checkpoint import load_state_dict_checked
 
         load_state_dict_checked(target, state_dict, source="compressed state_dict")
+    if prepare_inference:
+        from ..layers.inference import prepare_inference as prepare
+
+        return prepare(target)
     return target

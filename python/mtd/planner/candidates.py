@@ -43,9 +43,14 @@ class CandidateGrid:
 
     @classmethod
     def coarse(cls) -> "CandidateGrid":
-        """High-compression candidates only (full-width models, where high CP ranks are slow to compute)."""
-        return cls(cp_ratios=(6, 8, 12, 16, 24, 32, 48, 64), cp4_ratios=(16,),
-                   tucker_fractions=(0.375, 0.25, 0.1875, 0.125, 0.0625), svd_ratios=(2, 4))
+        """High-compression candidates for full-width models (256-512 channels).
+
+        A whole-model ratio of 32x needs the 512-channel convs (~80% of a CIFAR VGG's parameters) well beyond
+        32x each, so that small, sensitive layers can stay dense or lightly compressed: CP to 128x, Tucker-2
+        down to 1/32 of the channels. Few points, because each candidate costs a full forward pass to score.
+        """
+        return cls(cp_ratios=(8, 16, 32, 64, 128), cp4_ratios=(),
+                   tucker_fractions=(0.25, 0.125, 0.0625, 0.03125), svd_ratios=(2, 4), methods=("cp", "tucker"))
 
     @classmethod
     def tiny(cls) -> "CandidateGrid":

@@ -21,6 +21,7 @@ from torch import nn
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
+from ..train.teacher_cache import CachedTeacher
 from ..utils import pick_device, progress_bar, seed_everything
 from .baselines import uniform_cp_rank, uniform_tucker_ranks, vbmf_cp_rank, vbmf_tucker_ranks
 from .candidates import Candidate, conv_shape
@@ -94,6 +95,9 @@ class _Run:
         self.base_calib = self.calib.score(self.original)
         self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max))
         self.model_params = sum(p.numel() for p in self.original.parameters())
+        # Every fine-tune distils from the same frozen original over the same seeded batches: on a CPU the
+        # teacher's outputs are worth remembering (train/teacher_cache.py).
+        self.teacher = CachedTeacher(self.original) if self.device.type == "cpu" else self.original
 
     # -- steps --------------------------------------------------------------------------------------------
     def run(self) -> tuple[nn.Module, Plan]:
@@ -152,7 +156,7 @@ class _Run:
 
         def probe(i: int) -> tuple[float, nn.Module]:
             model = self._build(self.path[i])
-            self._finetune(model, seed=cfg.seed + 1000 + i, max_steps=steps, epochs=1)
+            self._finetune(model, seed=cfg.seed, max_steps=steps, epochs=1)  # the rounds' first batches
             return self.base_calib.accuracy - self.calib.score(model).accuracy, model
 
         def finish(model: nn.Module) -> Verification:
@@ -261,7 +265,7 @@ class _Run:
 
         cfg = self.cfg
         finetune(model, self._finetune_loader(seed), epochs=epochs, lr=cfg.finetune_lr,
-                 teacher=self.original if cfg.teacher_kd else None, max_grad_norm=cfg.max_grad_norm,
+                 teacher=self.teacher if cfg.teacher_kd else None, max_grad_norm=cfg.max_grad_norm,
                  lr_scales=cp_factor_lr_scales(model, cfg.cp_lr_scale),
                  eval_fn=lambda m: self.calib.score(m).accuracy, max_steps=max_steps, seed=seed,
                  progress=self.progress and max_steps is None, log_fn=self.log)
