@@ -6,9 +6,10 @@ Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restar
 1. baseline: the checkpoint (``--checkpoint``, e.g. ``../shared/models/vgg11-w1-cifar10.pt``) on the test set;
 2. mtd-budget: ``mtd.compress`` with ``--max-drop`` on the ``coarse`` grid (candidates to 128x per layer), the
    budget verified on ``--val`` test images;
-3. cp-only and tucker-only at MTD's whole-model ratio: one uniform per-layer ratio, chosen so that the whole
-   model matches MTD's; every conv but the first (kept dense, as CP/Tucker papers do), classifier dense;
-4. ``--ratios`` (default 32): MTD at each target ratio it did not reach within the budget;
+3. ``--ratios`` (default 32): MTD at each target ratio it did not reach within the budget;
+4. cp-only and tucker-only at MTD's most compressed whole-model ratio (of 2. and 3.): one uniform per-layer
+   ratio, chosen so that the whole model matches MTD's; every conv but the first (kept dense, as CP/Tucker
+   papers do), classifier dense;
 5. control: the dense baseline through the same fine-tuning (it is short-trained: fine-tuning alone can lift it).
 
 The test set is split once (seeded): ``--val`` images verify the budget inside ``mtd.compress`` (they choose the
@@ -94,13 +95,16 @@ def main(argv=None) -> int:
 
     run("baseline", lambda: {**tests.score(baseline), "params": _params(baseline), "param_ratio": 1.0})
     run("mtd-budget", lambda: _compress(baseline, arrays, val_data, tests, args, "mtd", max_drop=args.max_drop))
-    ratio = steps["mtd-budget"]["param_ratio"]
-    if ratio > 1.0:
-        for method in ("cp-uniform", "tucker-uniform"):
-            run(f"{method}@mtd", lambda m=method: _uniform_at(baseline, arrays, val_data, tests, args, m, ratio))
+    mtd_steps = ["mtd-budget"] if steps["mtd-budget"]["param_ratio"] > 1.0 else []  # 1.0: the budget fell back
     for r in [float(x) for x in args.ratios.split(",") if x]:
-        if ratio < r:
+        if steps["mtd-budget"]["param_ratio"] < r:
             run(f"mtd@{r:g}", lambda r=r: _compress(baseline, arrays, val_data, tests, args, "mtd", target_ratio=r))
+            mtd_steps.append(f"mtd@{r:g}")
+    if mtd_steps:  # CP-only and Tucker-only at MTD's most compressed whole-model ratio
+        name = max(mtd_steps, key=lambda n: steps[n]["param_ratio"])
+        ratio, at = steps[name]["param_ratio"], name.split("@")[-1] if "@" in name else "mtd"
+        for method in ("cp-uniform", "tucker-uniform"):
+            run(f"{method}@{at}", lambda m=method: _uniform_at(baseline, arrays, val_data, tests, args, m, ratio))
     run("control", lambda: _control(baseline, arrays, tests, args))
     save()
     print((out / f"{stem}.md").read_text())
