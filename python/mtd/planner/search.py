@@ -13,10 +13,10 @@ Bisection over the probes finds the most compressed index whose *predicted* veri
 round's margin) is within ``max_drop``. The prediction maps a probe drop to the drop left after the long
 fine-tune: before any round, a fixed fraction ``RETAINED`` of it (fine-tuning recovers most of what
 decomposition costs, and more of a large loss than of a small one, so the model is proportional, not an
-additive offset); after one round with a probe drop worth the name, the fraction that round measured; after two or more
-rounds, the least-squares line through their (probe drop, verified drop) points. A passing round moves the next
-round toward more compression, a failing one toward less (the next bisection is confined between the most
-compressed index known to fail and the least compressed known to pass). The most compressed passing model
+additive offset); after one round with a probe drop worth the name, the fraction that round measured;
+after two or more rounds, the least-squares line through their (probe drop, verified drop) points. A
+passing round moves the next round toward more compression, a failing one toward less (the next bisection
+is confined between the most compressed index known to fail and the least compressed known to pass). The most compressed passing model
 is kept; when no round passes, the caller falls back to the original model.
 
 Why this and not the previous rule (keep assignments whose *pre*-fine-tuning calibration drop is within
@@ -28,7 +28,7 @@ round 2.22), but verification on a held-out slice of the baseline's own training
 drop, so the search fell back; see the README. Its threshold was additive (``max_drop`` plus the last
 round's probe-minus-verified drop), which keeps the search near the dense end where near-free probes
 already lose points: on full-width VGG11 (``cifar_cpu_full``) the least compressed assignment (1.06x) lost
-1.95 calibration points after its probe, so the first round could go no further.
+1.95 calibration points after its probe, against a first-round threshold of 2.0.
 """
 from __future__ import annotations
 
