@@ -127,18 +127,25 @@ def cifar_arrays(data: str, subset, seed: int):
     return arrays
 
 
-def resumed_results(json_path, args) -> dict:
-    """The results of an earlier run of the same experiment (same arguments), else a fresh dict with them."""
+def resumed_results(json_path, args, additive: tuple = ()) -> dict:
+    """The results of an earlier run of the same experiment (same arguments), else a fresh dict with them.
+
+    Arguments named in ``additive`` only add steps after the others (an earlier run without them is the same
+    experiment so far), so they may differ; the stored arguments are updated to ``args``.
+    """
     from pathlib import Path
 
     from mtd.report.experiment import machine_description
 
     path = Path(json_path)
     results = json.loads(path.read_text()) if path.is_file() else {}
-    if results.get("args") not in (None, vars(args)):  # a resumed run must be the same experiment
+    def core(a: dict) -> dict:
+        return {k: v for k, v in a.items() if k not in additive}
+
+    if "args" in results and core(results["args"]) != core(vars(args)):  # a resumed run: the same experiment
         print(f"{path} was made with other arguments; starting over")
         results = {}
-    results.setdefault("args", vars(args))
+    results["args"] = vars(args)
     results.setdefault("machine", machine_description(torch.device("cpu")))
     results.setdefault("steps", {})
     return results

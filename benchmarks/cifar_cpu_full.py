@@ -10,7 +10,9 @@ Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restar
 4. cp-only and tucker-only at MTD's most compressed whole-model ratio (of 2. and 3.): one uniform per-layer
    ratio, chosen so that the whole model matches MTD's; every conv but the first (kept dense, as CP/Tucker
    papers do), classifier dense;
-5. control: the dense baseline through the same fine-tuning (it is short-trained: fine-tuning alone can lift it).
+5. control: the dense baseline through the same fine-tuning (it is short-trained: fine-tuning alone can lift it);
+6. with ``--long-finetune-epochs N``: MTD at the first of ``--ratios`` again, fine-tuned N epochs instead (what
+   more fine-tuning buys at that ratio; not a like-for-like row beside the uniform baselines).
 
 The test set is split once (seeded): ``--val`` images verify the budget inside ``mtd.compress`` (they choose the
 model), the other images report it. Drops are measured on the report images, against the baseline and against
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--subset", type=int, default=None, help="use only this many training images (smoke runs)")
     p.add_argument("--cache-dir", default="runs/cifar_cpu_full_cache", help="decompositions and candidate scores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--long-finetune-epochs", type=int, default=0,
+                   help="also run MTD at the first --ratios target with this many fine-tuning epochs (0: skip)")
     args = p.parse_args(argv)
 
     from mtd.models import load_model
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     json_path = out / f"{stem}.json"
-    results = bu.resumed_results(json_path, args)
+    results = bu.resumed_results(json_path, args, additive=("long_finetune_epochs",))
     checksum = _sha256(args.checkpoint)
     if results.setdefault("checkpoint_sha256", checksum) != checksum:
         raise SystemExit(f"{args.checkpoint} is not the checkpoint {json_path} was started from")
@@ -106,6 +110,11 @@ def main(argv=None) -> int:
         for method in ("cp-uniform", "tucker-uniform"):
             run(f"{method}@{at}", lambda m=method: _uniform_at(baseline, arrays, val_data, tests, args, m, ratio))
     run("control", lambda: _control(baseline, arrays, tests, args))
+    ratios = [float(x) for x in args.ratios.split(",") if x]
+    if args.long_finetune_epochs > 0 and ratios:
+        r, e = ratios[0], args.long_finetune_epochs
+        run(f"mtd@{r:g}-ft{e}", lambda: _compress(baseline, arrays, val_data, tests, args, "mtd", target_ratio=r,
+                                                  finetune_epochs=e))
     save()
     print((out / f"{stem}.md").read_text())
     return 0
@@ -140,24 +149,25 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _config(args, **fields):
+def _config(args, finetune_epochs=None, **fields):
     from mtd.data import CIFAR10_MEAN, CIFAR10_STD
     from mtd.planner import CompressConfig
 
     return CompressConfig(grid=args.grid, score_images=args.score_images, search_rounds=args.search_rounds,
-                          confidence=args.confidence, finetune_epochs=args.finetune_epochs, seed=args.seed,
-                          cache_dir=args.cache_dir, mean=CIFAR10_MEAN, std=CIFAR10_STD, **fields)
+                          confidence=args.confidence, finetune_epochs=finetune_epochs or args.finetune_epochs,
+                          seed=args.seed, cache_dir=args.cache_dir, mean=CIFAR10_MEAN, std=CIFAR10_STD, **fields)
 
 
 def _compress(baseline, arrays, val_data, tests, args, method, *, max_drop=None, target_ratio=None,
-              layers=None) -> dict:
+              layers=None, finetune_epochs=None) -> dict:
     from mtd.planner import compress
 
-    cfg = _config(args, method=method, max_drop=max_drop, target_ratio=target_ratio, layers=layers)
+    cfg = _config(args, finetune_epochs, method=method, max_drop=max_drop, target_ratio=target_ratio, layers=layers)
     compressed, plan = compress(baseline, arrays, cfg, val_data=val_data, device="cpu")
     r = plan.results
-    row = {"method": method, "target_ratio": target_ratio, "param_ratio": r["model_param_ratio"],
-           "params": _params(compressed), "flops_ratio": plan.totals()["flops_ratio"], **tests.score(compressed),
+    row = {"method": method, "target_ratio": target_ratio, "finetune_epochs": cfg.finetune_epochs,
+           "param_ratio": r["model_param_ratio"], "params": _params(compressed),
+           "flops_ratio": plan.totals()["flops_ratio"], **tests.score(compressed),
            "verdict": r["verdict"], "verification": r.get("verification"),
            "fallback_to_original": r["fallback_to_original"], "compress_seconds": r["wall_time_s"],
            "layers": [{"name": l.name, "method": l.method, "ranks": l.ranks, "params_before": l.params_before,
@@ -236,22 +246,22 @@ def _markdown(results: dict, stem: str) -> str:
     lines = ["# Full-width VGG11 on CIFAR-10, on the CPU", "",
              f"Machine: {m['cpu']} (host {m['host']}, torch {m['torch']}, {m['torch_threads']} threads). "
              f"Baseline `{Path(a['checkpoint']).name}` (sha256 `{results['checkpoint_sha256'][:12]}…`). Every "
-             f"compressed model and the dense control fine-tuned {a['finetune_epochs']} epochs, distilled from "
-             f"the baseline; seed {a['seed']}; grid `{a['grid']}`; budget {a['max_drop']} point at confidence "
-             f"{a['confidence']}, verified on {a['val']} test images; accuracy reported on the other {n_report} "
-             f"test images (never seen by the search) and on all 10,000. "
+             f"compressed model and the dense control fine-tuned {a['finetune_epochs']} epochs (the `-ftN` row: N), "
+             f"distilled from the baseline; seed {a['seed']}; grid `{a['grid']}`; budget {a['max_drop']} point at "
+             f"confidence {a['confidence']}, verified on {a['val']} test images; accuracy reported on the other "
+             f"{n_report} test images (never seen by the search) and on all 10,000. "
              f"Wall time {results.get('wall_seconds', 0) / 60:.1f} min.", ""]
     if "baseline" not in steps:
         return "\n".join(lines)
     base, ref = _references(steps)
     lines += ["| step | params | ratio | report acc (%) | drop vs baseline | drop vs best dense | test acc, all 10k (%) "
-              "| verified drop (+margin) | time (min) |", "|---|---|---|---|---|---|---|---|---|"]
+              "| verified drop (+margin) | fine-tuning epochs | time (min) |", "|---" * 10 + "|"]
     for name, s in steps.items():
         v = s.get("verification") or {}
         held = f"{v['drop']:+.2f} (+{v['margin']:.2f})" if v else ""
         lines.append(f"| {name} | {s['params']:,} | {s.get('param_ratio', 1.0):.2f}x | {s['report_accuracy']:.2f} | "
                      f"{base - s['report_accuracy']:+.2f} | {ref - s['report_accuracy']:+.2f} | "
-                     f"{s['test_accuracy']:.2f} | {held} | {s['seconds'] / 60:.1f} |")
+                     f"{s['test_accuracy']:.2f} | {held} | {_epochs(name, s, a)} | {s['seconds'] / 60:.1f} |")
     for name, s in steps.items():
         if "layers" not in s:
             continue
@@ -270,6 +280,11 @@ def _markdown(results: dict, stem: str) -> str:
     return "\n".join(lines)
 
 
+def _epochs(name: str, step: dict, args: dict) -> str:
+    """Fine-tuning epochs of a step (steps of earlier runs do not record them: the run's setting)."""
+    return "" if name == "baseline" else str(step.get("finetune_epochs", args["finetune_epochs"]))
+
+
 def _plot(results: dict, path: Path) -> None:
     plt = bu.pyplot()
     steps = results["steps"]
@@ -279,7 +294,7 @@ def _plot(results: dict, path: Path) -> None:
     styles = {"mtd": ("r*", 14), "cp-uniform": ("bs", 8), "tucker-uniform": ("g^", 8)}
     for name, s in steps.items():
         if "method" in s:
-            marker, size = styles[s["method"]]
+            marker, size = styles[s["method"]] if "-ft" not in name else ("m*", 14)
             ax.plot([s["param_ratio"]], [s["report_accuracy"]], marker, markersize=size, label=name)
     base, ref = _references(steps)
     ax.axhline(base, color="gray", lw=1, label="dense baseline")

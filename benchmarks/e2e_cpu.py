@@ -13,6 +13,7 @@ load changes on a shared machine hit all of them alike):
   mtd                   the compressed model on torch.ops.mtd (backend="fused")
   compile(mtd)          torch.compile of that
   mtd+prepare           mtd.prepare_inference(mtd model): BatchNorm folded, ReLU in the op epilogue
+  compile(mtd+prepare)  torch.compile of that
 
 The time of a variant is the median over rounds of the mean of a few calls.  Writes
 benchmarks/results/e2e_cpu.{json,md} (machine, torch, threads and the load average recorded).
@@ -43,8 +44,9 @@ from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa:
 
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
 KINDS = ("cp", "tucker", "mix")
-VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare")
-MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare")
+VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare",
+            "compile(mtd+prepare)")
+MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare", "compile(mtd+prepare)")
 
 
 def compressed_layer(conv: nn.Conv2d, method: str, backend: str) -> nn.Module:
@@ -93,7 +95,7 @@ def build_variants(kind: str, dense: nn.Module, compiled_dense, use_compile: boo
     variants = {"dense": dense, "chain": chain, "mtd": fused, "mtd+prepare": prepared}
     if use_compile:
         variants.update({"compile(dense)": compiled_dense, "compile(chain)": torch.compile(chain),
-                         "compile(mtd)": torch.compile(fused)})
+                         "compile(mtd)": torch.compile(fused), "compile(mtd+prepare)": torch.compile(prepared)})
     return variants
 
 

@@ -35,3 +35,23 @@ def test_gpu_benchmark_smoke_mode_runs_end_to_end(tmp_path, tiny_cifar):
     assert rows["cp-vbmf"]["param_ratio"] > 1.0  # EVBMF ranks always compress a trained VGG
     md = (out / "cifar_smoke.md").read_text()
     assert "| mtd |" in md and "| cp-vbmf |" in md
+
+
+def test_resumed_results_keeps_steps_only_for_the_same_experiment(tmp_path):
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _bench_util as bu
+
+    path = tmp_path / "r.json"
+    first = argparse.Namespace(epochs=2, extra=0)
+    results = bu.resumed_results(path, first, additive=("extra",))
+    results["steps"]["baseline"] = {"accuracy": 80.0}
+    path.write_text(json.dumps(results))
+    # an additive argument (it only adds steps) keeps what was done and records the new value
+    resumed = bu.resumed_results(path, argparse.Namespace(epochs=2, extra=6), additive=("extra",))
+    assert resumed["steps"] == {"baseline": {"accuracy": 80.0}} and resumed["args"]["extra"] == 6
+    # any other argument changes the experiment: start over
+    fresh = bu.resumed_results(path, argparse.Namespace(epochs=3, extra=0), additive=("extra",))
+    assert fresh["steps"] == {} and fresh["args"]["epochs"] == 3

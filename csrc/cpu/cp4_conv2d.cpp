@@ -20,7 +20,6 @@ struct Cp4Separable {
   int64_t extra_elems(int64_t rows_out) const { return rows_out * g.w * r1; }
 
   void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* mid, T* v) const {
-    const int64_t rows_out = oh1 - oh0;
     separable(u, lo, rows_in, oh0, oh1, 0, r1, mid, v);
   }
 

@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -17,9 +16,11 @@ namespace mtd {
 namespace cpu {
 namespace {
 
-// Timed calls per path after one warm-up call (which also faults in scratch buffers and lets oneDNN
-// pick its primitive); the minimum is compared, which is robust to a noisy, shared machine.
-constexpr int kTimedReps = 3;
+// Timed calls per path after one warm-up call each (which also faults in scratch buffers and lets oneDNN
+// pick its primitive). The two paths alternate and their medians are compared: on a shared, noisy machine
+// (this project's 2-core VM varies 1.5-2x between runs) timing one path's calls and then the other's let a
+// burst of load decide the choice.
+constexpr int kTimedReps = 5;
 
 // A call shape as plain integers (cheap to build and hash on every call): the op's name hashed,
 // then dtype, layout, every size, geometry, bias/ReLU and the thread count.
@@ -87,16 +88,15 @@ std::string describe(const char* op, const at::Tensor& x, at::TensorList weights
   return out.str();
 }
 
-// Best of kTimedReps, in seconds; `out` keeps the last result.
-double best_time(c10::function_ref<at::Tensor()> fn, at::Tensor& out) {
-  out = fn();  // warm-up
-  double best = std::numeric_limits<double>::infinity();
-  for (int i = 0; i < kTimedReps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    out = fn();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best;
+double seconds(c10::function_ref<at::Tensor()> fn, at::Tensor& out) {
+  const auto t0 = std::chrono::steady_clock::now();
+  out = fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 // Below the autograd layer a training forward and a no_grad inference look alike (grad mode is off
@@ -126,9 +126,14 @@ at::Tensor run_fastest(const char* op, const at::Tensor& x, at::TensorList weigh
   if (cached.has_value()) return *cached == Path::Fused ? fused() : chain();
   if (in_training_graph(x)) return fused();  // no timing inside a training step
   at::Tensor fused_out, chain_out;
-  const double t_fused = best_time(fused, fused_out);
-  const double t_chain = best_time(chain, chain_out);
-  const Path choice = t_fused <= t_chain ? Path::Fused : Path::Chain;
+  fused_out = fused();  // warm-up
+  chain_out = chain();
+  std::vector<double> t_fused, t_chain;
+  for (int i = 0; i < kTimedReps; ++i) {  // alternating, so load changes hit both paths alike
+    t_fused.push_back(seconds(fused, fused_out));
+    t_chain.push_back(seconds(chain, chain_out));
+  }
+  const Path choice = median(t_fused) <= median(t_chain) ? Path::Fused : Path::Chain;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
     cache().emplace(std::move(key),
