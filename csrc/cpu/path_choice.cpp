@@ -18,8 +18,8 @@ namespace {
 
 // Timed calls per path after one warm-up call each (which also faults in scratch buffers and lets oneDNN
 // pick its primitive). The two paths alternate and their medians are compared: on a shared, noisy machine
-// (this project's 2-core VM varies 1.5-2x between runs) timing one path's calls and then the other's let a
-// burst of load decide the choice.
+// (this project's 2-core VM varies 1.5-2x between runs), timing all of one path's calls and then the
+// other's would let a burst of load decide the choice.
 constexpr int kTimedReps = 5;
 
 // A call shape as plain integers (cheap to build and hash on every call): the op's name hashed,
@@ -88,6 +88,7 @@ std::string describe(const char* op, const at::Tensor& x, at::TensorList weights
   return out.str();
 }
 
+// One call of `fn` in seconds; `out` keeps its result.
 double seconds(c10::function_ref<at::Tensor()> fn, at::Tensor& out) {
   const auto t0 = std::chrono::steady_clock::now();
   out = fn();
