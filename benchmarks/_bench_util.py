@@ -139,6 +139,7 @@ def resumed_results(json_path, args, additive: tuple = ()) -> dict:
 
     path = Path(json_path)
     results = json.loads(path.read_text()) if path.is_file() else {}
+
     def core(a: dict) -> dict:
         return {k: v for k, v in a.items() if k not in additive}
 

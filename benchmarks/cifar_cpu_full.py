@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     run("baseline", lambda: {**tests.score(baseline), "params": _params(baseline), "param_ratio": 1.0})
     run("mtd-budget", lambda: _compress(baseline, arrays, val_data, tests, args, "mtd", max_drop=args.max_drop))
     mtd_steps = ["mtd-budget"] if steps["mtd-budget"]["param_ratio"] > 1.0 else []  # 1.0: the budget fell back
-    for r in [float(x) for x in args.ratios.split(",") if x]:
+    ratios = [float(x) for x in args.ratios.split(",") if x]
+    for r in ratios:
         if steps["mtd-budget"]["param_ratio"] < r:
             run(f"mtd@{r:g}", lambda r=r: _compress(baseline, arrays, val_data, tests, args, "mtd", target_ratio=r))
             mtd_steps.append(f"mtd@{r:g}")
@@ -110,7 +111,6 @@ def main(argv=None) -> int:
         for method in ("cp-uniform", "tucker-uniform"):
             run(f"{method}@{at}", lambda m=method: _uniform_at(baseline, arrays, val_data, tests, args, m, ratio))
     run("control", lambda: _control(baseline, arrays, tests, args))
-    ratios = [float(x) for x in args.ratios.split(",") if x]
     if args.long_finetune_epochs > 0 and ratios:
         r, e = ratios[0], args.long_finetune_epochs
         run(f"mtd@{r:g}-ft{e}", lambda: _compress(baseline, arrays, val_data, tests, args, "mtd", target_ratio=r,

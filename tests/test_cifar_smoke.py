@@ -37,11 +37,10 @@ def test_gpu_benchmark_smoke_mode_runs_end_to_end(tmp_path, tiny_cifar):
     assert "| mtd |" in md and "| cp-vbmf |" in md
 
 
-def test_resumed_results_keeps_steps_only_for_the_same_experiment(tmp_path):
+def test_resumed_results_keeps_steps_only_for_the_same_experiment(tmp_path, monkeypatch):
     import argparse
-    import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import _bench_util as bu
 
     path = tmp_path / "r.json"
