@@ -330,3 +330,34 @@ def test_probe_threshold_models_what_fine_tuning_leaves():
     # two rounds: the line through them (verified = probe - 0.5), solved for verified + margin = max_drop
     assert probe_threshold([(3.5, 3.0), (0.8, 0.3)], 1.0, 0.2) == pytest.approx(1.3)
     assert probe_threshold([(0.1, 1.1)], 1.0, 0.2) == pytest.approx(0.8)  # a near-free probe failed
+
+
+# --- recovery, the stated confidence, what ships ---------------------------------------------------------------
+def test_probes_grow_with_compression_and_the_verdict_states_its_confidence(tiny):
+    from mtd.planner.verify import selection_z
+
+    model, x, y = tiny
+    compressed, plan = compress(model, (x, y), method="mtd", max_drop=1.0, calib_size=96, holdout_size=64,
+                                finetune_epochs=0, grid=GRID, progress=False, search_rounds=2,
+                                prepare_inference=True, layers=["conv2", "conv3"])
+    r = plan.results
+    probes = sorted(r["search"]["probes"], key=lambda p: p["index"])  # index 0: most compressed
+    drops = [p["calibration_drop"] for p in probes]
+    assert len(drops) >= 3
+    assert all(a >= b - 1.1 for a, b in zip(drops, drops[1:]))  # no more than one image (1.04 points) out of order
+    assert drops[0] > drops[-1]
+    assert r["reconstruct"] and r["confidence"] == {"stated": 0.8, "tests": 2, "z": selection_z(0.8, 2)}
+    v = r["verification"]
+    assert v["margin"] == pytest.approx(selection_z(0.8, 2) * v["se"])
+    assert "over up to 2 verified rounds" in r["verdict"]
+    # what ships (fused ops, prepared for inference) was verified itself and predicts like the verified model
+    assert r["shipped"]["same_predictions"] and r["shipped"]["max_relative_logit_difference"] < 1e-5
+
+
+def test_reconstruction_recovers_what_decomposition_costs(tiny):
+    model, x, y = tiny
+    kwargs = dict(method="cp-uniform", target_ratio=8.0, max_drop=None, calib_size=96, holdout_size=96,
+                  finetune_epochs=0, progress=False, layers=["conv3"])  # CP of a Tucker-(4, 4) kernel at 8x
+    _, plain = compress(model, (x, y), reconstruct=False, **kwargs)
+    _, rebuilt = compress(model, (x, y), **kwargs)
+    assert rebuilt.results["verification"]["drop"] < plain.results["verification"]["drop"] - 20  # measured 79 -> 33

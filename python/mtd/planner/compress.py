@@ -4,6 +4,16 @@ The promise: in budget mode (``max_drop`` without ``target_ratio``) the returned
 drop (plus the confidence margin, ``verify.py``) is within ``max_drop``. When no compressed model passes, the
 original model is returned with a warning (``strict=True``: :class:`BudgetNotMetError`). In ratio mode the
 ratio is what is promised; the drop is verified and a miss of ``max_drop`` is warned about (or raised).
+
+The steps of one call (:class:`_Run`), in order:
+
+1. ``__init__``: split the data, check it against the model, score the original on calibration / held-out images;
+2. ``_score``: every candidate of every layer decomposed and scored alone in the network;
+3. ``_choose``: a search (budget mode) or a rule picks an assignment; each model it measures is *built* by
+   ``_build`` (decompose, reconstruct layer by layer, re-estimate BatchNorm), fine-tuned and verified;
+4. ``_ship``: the chosen model in the configuration it is returned in (fused ops, optionally prepared for
+   inference), checked against the verified one;
+5. ``_report``: the plan, every measurement and the one-line verdict.
 """
 from __future__ import annotations
 
@@ -92,6 +102,12 @@ class _Run:
         else:
             self.holdout = self.data.batches(self.splits["holdout"], cfg.batch_size, self.device)
         self.base_correct = correct_mask(self.original, self.holdout)
+        # the budget search verifies up to search_rounds models on the same images and keeps one (verify.py)
+        self.tests = cfg.search_rounds if cfg.method == "mtd" and cfg.target_ratio is None else 1
+        self.z = cfg.z(self.tests)
+        # reconstruction targets: fine-tuning images (never scored), without augmentation
+        self.recon_images = self.data.batches(self.splits["finetune"][:cfg.reconstruct_images], cfg.batch_size,
+                                              self.device) if cfg.reconstruct else []
         self.base_calib = self.calib.score(self.original)
         self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max))
         self.model_params = sum(p.numel() for p in self.original.parameters())
@@ -101,25 +117,31 @@ class _Run:
 
     # -- steps --------------------------------------------------------------------------------------------
     def run(self) -> tuple[nn.Module, Plan]:
-        cfg = self.cfg
         self.options = self._score()
+        chosen, model, info = self._choose()
+        fallback = chosen is None
+        if fallback:  # nothing compressed kept the budget: the original is the least compressed verified model
+            chosen, model = {n: o[0] for n, o in self.options.items()}, copy.deepcopy(self.original)
+        model, info = self._ship(model, info, fallback)
+        return self._report(chosen, model, info, fallback)
+
+    def _choose(self) -> tuple[Optional[Assignment], Optional[nn.Module], dict]:
+        """The assignment and its fine-tuned model (None, None when no compressed model kept the budget)."""
+        cfg = self.cfg
         if cfg.method == "mtd":
             path = assignment_path(self.options, sum(o[0].params for o in self.options.values()))
             self.path = [a for a in path if self.ratio_of(a) > 1.0]  # all-dense is the fallback, not a step
             if not self.path:
-                result = (None, None, {"search": "no candidate saves parameters"})
-            elif cfg.target_ratio is not None:
+                return None, None, {"search": "no candidate saves parameters"}
+            if cfg.target_ratio is not None:
                 idx, chosen = search_ratio(self.path, self.ratio_of, cfg.target_ratio)
-                result = self._single(chosen, reached=idx is not None)
-            else:
-                result = self._search()
-        elif cfg.method == "thesis":
+                return self._single(chosen, reached=idx is not None)
+            return self._search()
+        if cfg.method == "thesis":
             shapes = {n: _in_out(get_module(self.original, n)) for n in self.layers}
             tolerance = cfg.max_drop if cfg.layer_tolerance is None else cfg.layer_tolerance
-            result = self._single(thesis_assignment(self.options, shapes, tolerance))
-        else:
-            result = self._single({n: o[-1] for n, o in self.options.items()})  # the rule's one candidate
-        return self._finish(*result)
+            return self._single(thesis_assignment(self.options, shapes, tolerance))
+        return self._single({n: o[-1] for n, o in self.options.items()})  # the rule's one candidate
 
     def _score(self) -> dict[str, list[Scored]]:
         cfg = self.cfg
@@ -152,11 +174,12 @@ class _Run:
         self.log(f"searching {len(self.path)} assignments ({self.ratio_of(self.path[0]):.1f}x .. "
                  f"{self.ratio_of(self.path[-1]):.2f}x) for a held-out drop <= {cfg.max_drop} "
                  f"(confidence {cfg.confidence})")
-        steps = max(1, round(cfg.probe_fraction * len(self._finetune_loader(0))))
+        steps = round(cfg.probe_fraction * len(self._finetune_loader(0)))
 
         def probe(i: int) -> tuple[float, nn.Module]:
             model = self._build(self.path[i])
-            self._finetune(model, seed=cfg.seed, max_steps=steps, epochs=1)  # the rounds' first batches
+            if steps:
+                self._finetune(model, seed=cfg.seed, max_steps=steps, epochs=1)  # the rounds' first batches
             return self.base_calib.accuracy - self.calib.score(model).accuracy, model
 
         def finish(model: nn.Module) -> Verification:
@@ -167,7 +190,7 @@ class _Run:
         search = FrontierSearch(len(self.path), ratio=lambda i: self.ratio_of(self.path[i]), probe=probe,
                                 finish=finish, max_drop=cfg.max_drop, rounds=cfg.search_rounds, log=self.log)
         best = search.run()
-        info = {"search": search.summary()}
+        info = {"search": search.summary(), "verified_rounds": len(search.history)}
         if best is None:
             return None, None, info
         info["verification"] = best.verification.to_dict()
@@ -186,29 +209,50 @@ class _Run:
             return None, None, info  # budget mode: the promise holds for every method
         return chosen, model, info
 
-    def _finish(self, chosen: Optional[Assignment], model: Optional[nn.Module], info: dict):
-        cfg = self.cfg
-        verification = info.get("verification")
-        within = bool(verification and verification["passed"]) if chosen is not None else False
-        fallback = chosen is None
-        if fallback:  # nothing compressed kept the budget: the original is the least compressed verified model
-            chosen = {n: o[0] for n, o in self.options.items()}
-            model = copy.deepcopy(self.original)
-        set_backend(model, "fused")
-        model.eval()
-        if cfg.prepare_inference and not fallback:
+    def _ship(self, model: nn.Module, info: dict, fallback: bool) -> tuple[nn.Module, dict]:
+        """The model as returned (fused ops, eval mode, optionally prepared for inference), verified as such.
+
+        The search verified the plain-chain model (backend ``torch``); the returned one runs other kernels, so
+        it is verified again on the same images. Its own verification is the one reported (it is the same
+        model: the two agree to rounding, ``info["shipped"]`` says how closely)."""
+        verified = model
+        shipped = copy.deepcopy(model) if not fallback else model
+        set_backend(shipped, "fused")
+        shipped.eval()
+        if self.cfg.prepare_inference and not fallback:
             from ..layers.inference import prepare_inference
 
-            model = prepare_inference(model)
+            shipped = prepare_inference(shipped)
+        if fallback or "verification" not in info:
+            return shipped, info
+        with torch.no_grad():
+            x = self.holdout[0][0]
+            a, b = verified.eval()(x).double(), shipped(x).double()
+            rel = float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+        v = self._verify(shipped)
+        info = {**info, "verification": v.to_dict(),
+                "shipped": {"max_relative_logit_difference": rel, "verified_drop_before_shipping":
+                            info["verification"]["drop"], "same_predictions": v.drop == info["verification"]["drop"]}}
+        if self.cfg.target_ratio is None and not v.passed:  # the shipped kernels changed the verdict
+            self.log(f"the shipped model's held-out drop ({v.drop:+.2f}) differs from the verified one "
+                     f"({info['shipped']['verified_drop_before_shipping']:+.2f}) and misses the budget")
+        return shipped, info
+
+    def _report(self, chosen: Assignment, model: nn.Module, info: dict, fallback: bool
+                ) -> tuple[nn.Module, Plan]:
+        cfg = self.cfg
+        verification = info.get("verification")
+        within = bool(verification and verification["passed"]) and not fallback
         plan = self._plan(chosen)
         ratio = self.ratio_of(chosen)
+        confidence = self._confidence_note()
         if fallback:
             verdict = (f"budget NOT met: no compressed model kept the held-out drop within {cfg.max_drop} points "
-                       f"(confidence {cfg.confidence}); returning the original model (1.00x)")
+                       f"({confidence}); returning the original model (1.00x)")
         else:
             v = verification
-            measured = (f"held-out drop {v['drop']:+.2f} points (+{v['margin']:.2f} margin at confidence "
-                        f"{cfg.confidence}) on {v['images']} images")
+            measured = (f"held-out drop {v['drop']:+.2f} points (+{v['margin']:.2f} margin, {confidence}) on "
+                        f"{v['images']} images")
             if cfg.max_drop is None:
                 verdict = (f"target ratio {cfg.target_ratio}x" if cfg.target_ratio else f"{cfg.method} rule") + \
                     f": {ratio:.2f}x fewer parameters, {measured}"
@@ -218,14 +262,15 @@ class _Run:
                 verdict = (f"{'within' if within else 'OVER'} budget: {ratio:.2f}x fewer parameters, {measured} "
                            f"vs max_drop {cfg.max_drop}")
         plan.results = {
-            "verdict": verdict, "within_budget": within and not fallback, "fallback_to_original": fallback,
+            "verdict": verdict, "within_budget": within, "fallback_to_original": fallback,
+            "confidence": {"stated": cfg.confidence, "tests": self.tests, "z": self.z},
             "calibration": {"images": self.calib.num_images, "base_accuracy": self.base_calib.accuracy,
                             "base_loss": self.base_calib.loss},
             "holdout": {"images": int(self.base_correct.numel()), "source": "val_data" if self.val else "train",
                         "base_accuracy": 100.0 * float(self.base_correct.double().mean())},
             "model_params_before": self.model_params, "model_param_ratio": ratio,
-            "finetune_epochs": cfg.finetune_epochs, "teacher_kd": cfg.teacher_kd, "seed": cfg.seed,
-            "wall_time_s": time.perf_counter() - self.t_start, **info,
+            "reconstruct": cfg.reconstruct, "finetune_epochs": cfg.finetune_epochs, "teacher_kd": cfg.teacher_kd,
+            "seed": cfg.seed, "wall_time_s": time.perf_counter() - self.t_start, **info,
         }
         self.log(verdict)
         if fallback or not within:
@@ -234,13 +279,21 @@ class _Run:
             warnings.warn(f"mtd.compress: {verdict}", RuntimeWarning, stacklevel=3)
         return model, plan
 
+    def _confidence_note(self) -> str:
+        if self.tests == 1:
+            return f"confidence {self.cfg.confidence}"
+        return (f"confidence {self.cfg.confidence} over up to {self.tests} verified rounds, each at "
+                f"{1 - (1 - self.cfg.confidence) / self.tests:.3f}")
+
     # -- helpers ------------------------------------------------------------------------------------------
     def ratio_of(self, a: Assignment) -> float:
         saved = sum(self.options[n][0].params - s.params for n, s in a.items())
         return self.model_params / max(self.model_params - saved, 1)
 
     def _build(self, a: Assignment) -> nn.Module:
-        """A copy of the original with ``a``'s layers decomposed (torch backend, trainable), BN re-estimated."""
+        """A copy of the original with ``a``'s layers decomposed (torch backend, trainable), each reconstructed
+        in network order (``cfg.reconstruct``), BatchNorm re-estimated."""
+        from ..recovery.reconstruct import ReconstructionConfig, reconstruct
         from ..train.finetune import recalibrate_batchnorm
 
         model = copy.deepcopy(self.original)
@@ -252,6 +305,9 @@ class _Run:
             factors = self.cache.factors(module.weight, s.method, s.candidate.ranks, self.cfg.seed,
                                          warm_chain(s.candidate, _candidate_list(self.options, name)))
             replace_module(model, name, build_layer(module, s.method, factors, backend="torch"))
+        if self.cfg.reconstruct and any(s.method != "dense" for s in a.values()):
+            cfg = ReconstructionConfig(images=self.cfg.reconstruct_images, steps=self.cfg.reconstruct_steps)
+            reconstruct(model, self.original, self.recon_images, cfg, seed=self.cfg.seed)
         if any(s.method != "dense" for s in a.values()):
             recalibrate_batchnorm(model, self._finetune_loader(self.cfg.seed))
         return model
@@ -271,7 +327,7 @@ class _Run:
                  progress=self.progress and max_steps is None, log_fn=self.log)
 
     def _verify(self, model: nn.Module) -> Verification:
-        return verify(model, self.holdout, self.base_correct, self.cfg.max_drop, self.cfg.z())
+        return verify(model, self.holdout, self.base_correct, self.cfg.max_drop, self.z)
 
     def _plan(self, chosen: Assignment) -> Plan:
         cfg = self.cfg

@@ -38,9 +38,16 @@ class CompressConfig:
         calib_size: training images held out of fine-tuning for scoring candidates and guiding the search.
         score_images: how many of them score each single-layer candidate.
         holdout_size: training images held out of everything but the final verification.
-        search_rounds: fine-tuned and verified steps of the search (each costs ``finetune_epochs``).
-        probe_fraction: length of the short fine-tune of each search probe, in epochs.
+        search_rounds: fine-tuned and verified steps of the search (each costs ``finetune_epochs``). Every
+            round is verified at the Bonferroni-corrected confidence ``1 - (1 - confidence) / search_rounds``,
+            so that keeping the best of them still keeps the promise at ``confidence``.
+        probe_fraction: a short fine-tune of each search probe, in epochs (0, the default: probes measure the
+            assignment after reconstruction and BatchNorm re-estimation only).
         layer_tolerance: the thesis rule's per-layer drop tolerance (default ``max_drop``).
+    Recovery (before fine-tuning)
+        reconstruct: fit each decomposed layer, in network order, to the original layer's output from the
+            compressed prefix's input (``mtd.recovery.reconstruct``), before BatchNorm re-estimation.
+        reconstruct_images, reconstruct_steps: training images captured per layer and Adam steps per layer.
     Fine-tuning
         finetune_epochs, finetune_lr, finetune_batch_size, teacher_kd (distil from the original),
         cp_lr_scale (learning-rate multiplier of CP factors), max_grad_norm.
@@ -63,8 +70,11 @@ class CompressConfig:
     score_images: int = 512
     holdout_size: int = 5000
     search_rounds: int = 3
-    probe_fraction: float = 0.25
+    probe_fraction: float = 0.0
     layer_tolerance: Optional[float] = None
+    reconstruct: bool = True
+    reconstruct_images: int = 512
+    reconstruct_steps: int = 150
     finetune_epochs: int = 1
     finetune_lr: float = 0.01
     finetune_batch_size: int = 128
@@ -111,13 +121,17 @@ class CompressConfig:
         if not (_is_number(self.confidence) and 0.5 <= self.confidence < 1):
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
         for name in ("calib_size", "score_images", "finetune_batch_size", "batch_size", "search_rounds",
-                     "cp_n_iter_max"):
+                     "cp_n_iter_max", "reconstruct_images"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("holdout_size", "finetune_epochs", "seed"):
+        for name in ("holdout_size", "finetune_epochs", "seed", "reconstruct_steps"):
             _check_int(name, getattr(self, name), 0)
-        for name in ("finetune_lr", "cp_lr_scale", "probe_fraction"):
+        for name in ("finetune_lr", "cp_lr_scale"):
             if not (_is_number(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not (_is_number(self.probe_fraction) and self.probe_fraction >= 0):
+            raise ValueError(f"probe_fraction must be >= 0, got {self.probe_fraction!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise ValueError(f"reconstruct must be True or False, got {self.reconstruct!r}")
         if self.max_grad_norm is not None and not (_is_number(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if self.layer_tolerance is not None and not (_is_number(self.layer_tolerance) and self.layer_tolerance >= 0):
@@ -131,11 +145,12 @@ class CompressConfig:
         """The :class:`CandidateGrid` this config names."""
         return self.grid if isinstance(self.grid, CandidateGrid) else CandidateGrid.named(self.grid)
 
-    def z(self) -> float:
-        """The normal quantile of ``confidence`` (the verification margin in standard errors)."""
-        from statistics import NormalDist
+    def z(self, tests: int = 1) -> float:
+        """The verification margin in standard errors when up to ``tests`` models are verified on the same
+        images and one is kept (``verify.selection_z``; 1: the normal quantile of ``confidence``)."""
+        from .verify import selection_z
 
-        return NormalDist().inv_cdf(self.confidence)
+        return selection_z(self.confidence, tests)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (a custom grid is written out field by field)."""

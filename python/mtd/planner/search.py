@@ -4,8 +4,9 @@ The assignment path (``select.assignment_path``: most compressed first, built fr
 sensitivities) orders the candidates; what decides is the model after fine-tuning, because fine-tuning
 recovers most of what decomposition costs. Two kinds of measurement, cheap first:
 
-- a **probe** builds path[i], re-estimates BatchNorm, fine-tunes it briefly (``probe_fraction`` of an
-  epoch) and measures its drop on the calibration images (held out of fine-tuning);
+- a **probe** builds path[i] (decomposition, layer-by-layer reconstruction, BatchNorm re-estimation;
+  optionally a short fine-tune of ``probe_fraction`` of an epoch) and measures its drop on the calibration
+  images (held out of fine-tuning and of reconstruction);
 - a **round** fine-tunes a probed model for the full ``finetune_epochs`` (it continues from the probe's
   weights) and verifies it on the held-out images with the confidence margin (``verify.py``).
 
@@ -29,6 +30,12 @@ drop, so the search fell back; see the README. Its threshold was additive (``max
 round's probe-minus-verified drop), which keeps the search near the dense end where near-free probes
 already lose points: on full-width VGG11 (``cifar_cpu_full``) the least compressed assignment (1.06x) lost
 1.95 calibration points after its probe, against a first-round threshold of 2.0.
+
+Why probes no longer fine-tune by default: a quarter-epoch at the fine-tuning rate measured the schedule's
+own noise, not the compression. On full-width VGG11 the 1.06x probe lost 1.95 points, 4.3x 2.54 and 8.2x
+3.61, and a dense quarter-epoch alone lost 0.65. A reconstructed, BatchNorm-re-estimated model without any
+fine-tuning has a drop that is ~0 near the dense end and grows with compression, which is what bisection
+needs (``benchmarks/results/probe_curve_vgg11.md``).
 """
 from __future__ import annotations
 
