@@ -23,7 +23,7 @@ class Candidate:
         return self.method if not self.ranks else f"{self.method}{list(self.ranks)}"
 
 
-DENSE = Candidate("dense")
+DENSE = Candidate(methods.DENSE)
 
 
 @dataclass
