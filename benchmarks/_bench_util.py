@@ -148,5 +148,7 @@ def resumed_results(json_path, args, additive: tuple = ()) -> dict:
         results = {}
     results["args"] = vars(args)
     results.setdefault("machine", machine_description(torch.device("cpu")))
-    results.setdefault("steps", {})
+    for step in results.setdefault("steps", {}).values():  # rows written before #19 named the MAC ratio flops_ratio
+        if isinstance(step, dict) and "flops_ratio" in step:
+            step["macs_ratio"] = step.pop("flops_ratio")
     return results

@@ -145,7 +145,7 @@ def _compress_step(baseline, arrays, args, device, test, method, ratio) -> dict:
     compressed, plan = compress(baseline, arrays, cfg, device=device)
     r = plan.results
     row = {"method": method, "target_ratio": ratio, "param_ratio": r["model_param_ratio"],
-           "flops_ratio": plan.totals()["flops_ratio"], "accuracy": _test_accuracy(compressed, test),
+           "macs_ratio": plan.totals()["macs_ratio"], "accuracy": _test_accuracy(compressed, test),
            "seconds": time.perf_counter() - t0, "finetune_epochs": args.finetune_epochs, "seed": args.seed,
            "verdict": r["verdict"], "verification": r.get("verification"),
            "layers": [{"name": l.name, "method": l.method, "ranks": l.ranks, "params_before": l.params_before,
@@ -176,7 +176,7 @@ def _markdown(results: dict, stem: str) -> str:
                      + (f", dense control {steps['control']['accuracy']:.2f}%" if "control" in steps else "")
                      + "; drops are against the baseline and against the better of the two.")
         lines.append("")
-    lines += ["| step | method | target | params | FLOPs | test acc (%) | drop vs baseline | drop vs best dense | "
+    lines += ["| step | method | target | params | MACs | test acc (%) | drop vs baseline | drop vs best dense | "
               "held-out drop (+margin) | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in steps.items():
         if name in ("baseline", "control"):
@@ -184,7 +184,7 @@ def _markdown(results: dict, stem: str) -> str:
         v = s.get("verification") or {}
         held = f"{v['drop']:+.2f} (+{v['margin']:.2f})" if v else ""
         lines.append(f"| {name} | {s['method']} | {s['target_ratio'] or 'budget'} | {s['param_ratio']:.2f}x | "
-                     f"{s['flops_ratio']:.2f}x | {s['accuracy']:.2f} | {base - s['accuracy']:+.2f} | "
+                     f"{s['macs_ratio']:.2f}x | {s['accuracy']:.2f} | {base - s['accuracy']:+.2f} | "
                      f"{ref - s['accuracy']:+.2f} | {held} | {s['seconds']:.0f} |")
     budget = steps.get("mtd-budget")
     if budget:

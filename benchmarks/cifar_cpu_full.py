@@ -167,7 +167,7 @@ def _compress(baseline, arrays, val_data, tests, args, method, *, max_drop=None,
     r = plan.results
     row = {"method": method, "target_ratio": target_ratio, "finetune_epochs": cfg.finetune_epochs,
            "param_ratio": r["model_param_ratio"], "params": _params(compressed),
-           "flops_ratio": plan.totals()["flops_ratio"], **tests.score(compressed),
+           "macs_ratio": plan.totals()["macs_ratio"], **tests.score(compressed),
            "verdict": r["verdict"], "verification": r.get("verification"),
            "fallback_to_original": r["fallback_to_original"], "compress_seconds": r["wall_time_s"],
            "layers": [{"name": l.name, "method": l.method, "ranks": l.ranks, "params_before": l.params_before,
@@ -205,16 +205,11 @@ def _uniform_at(baseline, arrays, val_data, tests, args, method, whole_ratio) ->
 
 def _uniform_params(conv, method: str, ratio: float) -> int:
     """Parameters of ``conv`` under the planner's uniform rank rule (dense where that would not save any)."""
-    from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks
+    from mtd import methods
+    from mtd.planner.baselines import RANK_RULES
 
-    T, S, kh, kw = conv.weight.shape
-    dense = T * S * kh * kw
-    if method == "cp-uniform":
-        p = uniform_cp_rank(T, S, kh, kw, ratio) * (S + T + kh * kw)
-    else:
-        r1, r2 = uniform_tucker_ranks(T, S, kh, kw, ratio)
-        p = S * r1 + r1 * r2 * kh * kw + r2 * T
-    return min(p, dense)
+    rule, shape = RANK_RULES[method], tuple(conv.weight.shape)
+    return min(methods.get(rule.method).params(shape, rule.ranks(conv.weight, ratio)), conv.weight.numel())
 
 
 def _control(baseline, arrays, tests, args) -> dict:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtd.decompose import max_cp_rank, max_tucker_ranks
-from mtd.layers import (CP4Conv2d, CPConv2d, LowRankLinear, TuckerConv2d, conv_flops, fold_batchnorm,
+from mtd.layers import (CP4Conv2d, CPConv2d, LowRankLinear, TuckerConv2d, conv_macs, fold_batchnorm,
                         fold_batchnorm_into, get_module, compressible_layers, is_compressible, num_parameters,
                         replace_module, unsupported_reason)
 from mtd_kernels import reference
@@ -93,16 +93,16 @@ def test_layer_matches_dense_and_reference(cfg, kind, backend):
     expected_err = float((w - rebuilt_weight(kind, layer).detach().double()).norm() / w.norm())
     assert layer.rel_error == pytest.approx(expected_err, rel=1e-3 if dtype == torch.float32 else 1e-8, abs=1e-6)
     # MACs: sum over the factor convs, counted independently
-    macs = conv_flops(layer.first, hw) + sum(_chain_macs(layer, hw))
-    assert layer.flops(hw) == macs
+    macs = conv_macs(layer.first, hw) + sum(_chain_macs(layer, hw))
+    assert layer.macs(hw) == macs
     assert layer.num_parameters() == num_parameters(layer)
 
 
 def _chain_macs(layer, hw):
-    """MACs of the spatial and last convs, walking the chain's spatial sizes with conv_flops."""
+    """MACs of the spatial and last convs, walking the chain's spatial sizes with conv_macs."""
     size, total = tuple(hw), []
     for m in [*layer._spatial_convs(), layer.last]:
-        total.append(conv_flops(m, size))
+        total.append(conv_macs(m, size))
         size = tuple(F.conv2d(torch.zeros(1, m.in_channels, *size, dtype=m.weight.dtype), m.weight, None,
                               m.stride, m.padding, m.dilation, m.groups).shape[2:])
     return total
@@ -200,7 +200,7 @@ def test_low_rank_linear():
     assert layer.rel_error < 1e-5
     lossy = LowRankLinear.from_linear(nn.Linear(20, 12, bias=False), 4)
     torch.testing.assert_close(lossy(x), lossy.to_dense()(x), rtol=1e-5, atol=1e-5)
-    assert lossy.flops() == 4 * (20 + 12) and lossy.num_parameters() == 4 * 32
+    assert lossy.macs() == 4 * (20 + 12) and lossy.num_parameters() == 4 * 32
     rebuilt = LowRankLinear(20, 12, 4, bias=False)
     rebuilt.load_state_dict(lossy.state_dict())
     torch.testing.assert_close(rebuilt(x), lossy(x))
@@ -287,16 +287,16 @@ def test_surgery_on_nested_model():
 
 def test_counting_matches_formulas():
     conv = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-    assert conv_flops(conv, (32, 32)) == 32 * 16 * 9 * 16 * 16
-    assert conv_flops(nn.Conv2d(8, 8, 3, padding="same", groups=4), (5, 6)) == 8 * 2 * 9 * 30
+    assert conv_macs(conv, (32, 32)) == 32 * 16 * 9 * 16 * 16
+    assert conv_macs(nn.Conv2d(8, 8, 3, padding="same", groups=4), (5, 6)) == 8 * 2 * 9 * 30
     cp = CPConv2d(16, 32, 3, 10, stride=2, padding=1)
-    assert cp.flops((32, 32)) == 10 * (16 * 32 * 32 + 9 * 16 * 16 + 32 * 16 * 16)
+    assert cp.macs((32, 32)) == 10 * (16 * 32 * 32 + 9 * 16 * 16 + 32 * 16 * 16)
     assert cp.num_parameters() == 10 * (16 + 9 + 32) + 32
     cp4 = CP4Conv2d(16, 32, 3, 10, stride=2, padding=1, bias=False)
-    assert cp4.flops((32, 32)) == 10 * (16 * 32 * 32 + 3 * 16 * 32 + 3 * 16 * 16 + 32 * 16 * 16)
+    assert cp4.macs((32, 32)) == 10 * (16 * 32 * 32 + 3 * 16 * 32 + 3 * 16 * 16 + 32 * 16 * 16)
     assert cp4.num_parameters() == 10 * (16 + 3 + 3 + 32)
     tk = TuckerConv2d(16, 32, 3, (4, 6), stride=2, padding=1)
-    assert tk.flops((32, 32)) == 16 * 4 * 32 * 32 + 4 * 6 * 9 * 16 * 16 + 6 * 32 * 16 * 16
+    assert tk.macs((32, 32)) == 16 * 4 * 32 * 32 + 4 * 6 * 9 * 16 * 16 + 6 * 32 * 16 * 16
     assert tk.num_parameters() == 16 * 4 + 6 * 4 * 9 + 6 * 32 + 32
 
 

@@ -17,6 +17,7 @@ from mtd.planner import (BudgetNotMetError, CandidateGrid, CompressConfig, Layer
                          evbmf_rank, vbmf_tucker_ranks)
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks
 from mtd.planner.layer_factory import set_backend
+from mtd.planner.options import load_options, save_options
 from mtd.planner.search import FrontierSearch, bisect_most_compressed
 from mtd.planner.select import Scored, assignment_path
 from mtd.planner.verify import Verification, verify
@@ -127,6 +128,28 @@ def test_plan_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         Plan.load(tmp_path / "bad.json")
+
+
+def test_plans_written_before_the_macs_rename_load():
+    old = {"model_name": None, "model_kwargs": {}, "method": "mtd", "format_version": 1,
+           "layers": [{"name": "c", "kind": "conv", "method": "cp", "ranks": [4], "params_before": 900,
+                       "params_after": 300, "flops_before": 9000, "flops_after": 2000, "seed": 1}],
+           "totals": {"flops_ratio": 4.5}}
+    plan = Plan.from_dict(old)
+    assert (plan.layer("c").macs_before, plan.layer("c").macs_after) == (9000, 2000)
+    assert plan.totals()["macs_ratio"] == 4.5 and "flops_ratio" not in plan.to_dict()["totals"]
+
+
+def test_score_caches_load_in_old_format_or_are_rescored(tmp_path):
+    opts = {"conv": [Scored(Candidate("dense"), 100, 900), Scored(Candidate("cp", (4,)), 30, 200, 0.1, 0.2, 1.5)]}
+    path = tmp_path / "scores.json"
+    save_options(path, opts)
+    assert load_options(path) == opts
+    path.write_text(path.read_text().replace('"macs"', '"flops"'))  # as written before the rename
+    assert load_options(path) == opts
+    for damaged in ('{"conv": [{"params": 1}]}', '{"conv": 3}', '[1, 2]', "{not json"):
+        path.write_text(damaged)
+        assert load_options(path) is None  # re-scored, never a crash
 
 
 # --- selection and search ----------------------------------------------------------------------------------

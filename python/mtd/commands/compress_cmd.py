@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     r = plan.results
     print(r["verdict"])
     print(f"test accuracy {base_acc:.2f}% -> {acc:.2f}% (drop {base_acc - acc:+.2f} points); parameters "
-          f"{r['model_param_ratio']:.2f}x fewer (whole model), FLOPs {plan.totals()['flops_ratio']:.2f}x fewer "
+          f"{r['model_param_ratio']:.2f}x fewer (whole model), MACs {plan.totals()['macs_ratio']:.2f}x fewer "
           f"(conv/linear layers)")
     print(f"wrote {out / 'plan.json'}, {out / 'compressed.pt'}, {program}{md}  "
           f"[{time.perf_counter() - t0:.0f} s total]")

@@ -23,6 +23,11 @@ class CPFactors:
     def rank(self) -> int:
         return int(self.first.shape[0])
 
+    @property
+    def ranks(self) -> tuple:
+        """``(rank,)``: every factor type has ``ranks`` (TuckerFactors has two)."""
+        return (self.rank,)
+
 
 @dataclass
 class CP4Factors:
@@ -38,6 +43,11 @@ class CP4Factors:
     @property
     def rank(self) -> int:
         return int(self.first.shape[0])
+
+    @property
+    def ranks(self) -> tuple:
+        """``(rank,)``: every factor type has ``ranks`` (TuckerFactors has two)."""
+        return (self.rank,)
 
 
 @dataclass
@@ -65,3 +75,8 @@ class SVDFactors:
     @property
     def rank(self) -> int:
         return int(self.first.shape[0])
+
+    @property
+    def ranks(self) -> tuple:
+        """``(rank,)``: every factor type has ``ranks`` (TuckerFactors has two)."""
+        return (self.rank,)

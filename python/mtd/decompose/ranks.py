@@ -1,9 +1,8 @@
 """Which ranks are valid for each decomposition, and the clear errors for the others.
 
-CP ranks are capped where the decomposed layer would stop saving parameters: a CP3 layer holds
-R * (S + kh*kw + T) weights and a CP4 layer R * (S + kh + kw + T), against T * S * kh * kw for the
-dense kernel, so ``max_cp_rank = max(1, dense // per_rank)`` (never below 1, so every conv has a
-valid rank).  Tucker-2 ranks are capped by the channel counts (r1 <= S, r2 <= T) and SVD ranks by
+CP ranks are capped where the decomposed layer would stop saving parameters: a CP layer's weights grow
+by ``per_rank`` (:mod:`.costs`) with each rank, against T * S * kh * kw for the dense kernel, so
+``max_cp_rank = max(1, dense // per_rank)`` (never below 1, so every conv has a valid rank).  Tucker-2 ranks are capped by the channel counts (r1 <= S, r2 <= T) and SVD ranks by
 min(out, in).
 """
 from __future__ import annotations
@@ -14,8 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .costs import cp3_params, cp4_params
+
 ShapeLike = Union[nn.Conv2d, torch.Tensor, np.ndarray, Sequence[int]]
-CP_KINDS = ("cp3", "cp4")
+_CP_PARAMS = {"cp3": cp3_params, "cp4": cp4_params}
+CP_KINDS = tuple(_CP_PARAMS)
 
 
 def kernel_shape(conv_or_shape: ShapeLike) -> Tuple[int, int, int, int]:
@@ -35,9 +37,8 @@ def max_cp_rank(conv_or_shape: ShapeLike, kind: str = "cp3") -> int:
     """Largest CP rank whose layer has no more parameters than the dense conv (at least 1)."""
     if kind not in CP_KINDS:
         raise ValueError(f"kind must be one of {CP_KINDS}, got {kind!r}")
-    t, s, kh, kw = kernel_shape(conv_or_shape)
-    per_rank = s + t + (kh * kw if kind == "cp3" else kh + kw)
-    return max(1, (t * s * kh * kw) // per_rank)
+    t, s, kh, kw = shape = kernel_shape(conv_or_shape)
+    return max(1, (t * s * kh * kw) // _CP_PARAMS[kind](shape, (1,)))
 
 
 def max_tucker_ranks(conv_or_shape: ShapeLike) -> Tuple[int, int]:

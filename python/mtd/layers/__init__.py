@@ -1,6 +1,6 @@
 """Decomposed layers (CP3, CP4, Tucker-2 convs; low-rank linear), counting and model surgery."""
 from .base import FactorizedConv2d
-from .counting import conv_flops, conv_output_hw, linear_flops, module_flops, num_parameters
+from .counting import conv_macs, conv_output_hw, linear_macs, module_macs, num_parameters
 from .cp4_conv import CP4Conv2d
 from .cp_conv import CPConv2d
 from .inference import prepare_inference
@@ -12,7 +12,7 @@ from .tucker_conv import TuckerConv2d
 
 __all__ = [
     "FactorizedConv2d", "CPConv2d", "CP4Conv2d", "TuckerConv2d", "LowRankLinear",
-    "conv_flops", "conv_output_hw", "linear_flops", "module_flops", "num_parameters",
+    "conv_macs", "conv_output_hw", "linear_macs", "module_macs", "num_parameters",
     "fold_batchnorm", "fold_batchnorm_into", "get_module", "replace_module", "compressible_layers", "swapped",
     "UnsupportedLayerError", "check_compressible", "is_compressible", "unsupported_reason", "prepare_inference",
 ]

@@ -16,7 +16,7 @@ class FactorizedConv2d(FactorizedModule):
     """Base of CPConv2d / CP4Conv2d / TuckerConv2d.
 
     Subclasses hold their factors as ``nn.Conv2d`` submodules (``first`` ... ``last``; only ``last``
-    has a bias) and implement ``_spatial_convs``, ``_fused_op``, ``dense_weight`` and ``flops``.
+    has a bias) and implement ``_spatial_convs``, ``_fused_op``, ``dense_weight`` and ``macs``.
     ``backend="torch"`` runs the submodules as a plain chain; ``backend="fused"`` passes the same
     weight tensors to the ``torch.ops.mtd`` op.
     """
@@ -73,11 +73,16 @@ class FactorizedConv2d(FactorizedModule):
         """The reconstructed (T, S, kh, kw) kernel."""
         raise NotImplementedError
 
-    def flops(self, input_hw: Sequence[int]) -> int:
+    def macs(self, input_hw: Sequence[int]) -> int:
         """Multiply-accumulates for one (S, H, W) input."""
         raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------------------------
+    @property
+    def kernel_shape(self) -> tuple:
+        """(T, S, kh, kw) of the dense kernel this layer stands for."""
+        return (self.out_channels, self.in_channels, *self.kernel_size)
+
     def output_hw(self, input_hw: Sequence[int]):
         return conv_output_hw(input_hw, self.kernel_size, self.stride, self.padding, self.dilation)
 

@@ -2,8 +2,9 @@
 ``apply_plan``.
 
 Supported: ``nn.Conv2d`` with ``groups=1`` and zero padding (CP / CP4 / Tucker-2; on a 1x1 conv CP is a
-low-rank factorisation of its matrix), and ``nn.Linear`` (SVD). Layers that are already decomposed (and everything inside them, such
-as a Tucker core, which is itself an ungrouped kxk conv) are never candidates.
+low-rank factorisation of its matrix), and ``nn.Linear`` (SVD); which method takes which layer type is
+:mod:`mtd.methods`' table. Layers that are already decomposed (and everything inside them, such as a Tucker
+core, which is itself an ungrouped kxk conv) are never candidates.
 """
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ from typing import Optional
 from torch import nn
 
 from ._factorized import FactorizedModule
-
-CONV_METHODS = ("cp", "cp4", "tucker")
-LINEAR_METHODS = ("svd",)
 
 
 class UnsupportedLayerError(ValueError):
@@ -25,19 +23,21 @@ def unsupported_reason(module: nn.Module, method: Optional[str] = None) -> Optio
     """Why ``module`` cannot be decomposed (by ``method``, if given), or ``None`` if it can."""
     if isinstance(module, FactorizedModule):
         return f"it is already decomposed ({type(module).__name__})"
-    if method is not None and method not in CONV_METHODS + LINEAR_METHODS:
-        return f"unknown method {method!r}; allowed: {', '.join(CONV_METHODS + LINEAR_METHODS)}"
+    if method is not None:
+        from .. import methods  # imported late: the method table imports the layer classes, which import this
+
+        if method not in methods.METHODS:
+            return f"unknown method {method!r}; allowed: {', '.join(methods.names())}"
+        needs = methods.get(method).kind
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, needs):
+            return f"method {method!r} needs an nn.{needs.__name__}, and it is an nn.{type(module).__name__}"
     if isinstance(module, nn.Conv2d):
-        if method in LINEAR_METHODS:
-            return f"method {method!r} needs an nn.Linear, and it is an nn.Conv2d"
         if module.groups != 1:
             return f"it is a grouped conv (groups={module.groups}); only groups=1 is supported"
         if module.padding_mode != "zeros":
             return f"padding_mode={module.padding_mode!r}; only 'zeros' is supported"
         return None
     if isinstance(module, nn.Linear):
-        if method in CONV_METHODS:
-            return f"method {method!r} needs an ungrouped nn.Conv2d, and it is an nn.Linear"
         return None
     return f"it is a {type(module).__name__}; mtd decomposes nn.Conv2d and nn.Linear layers"
 

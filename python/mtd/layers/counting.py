@@ -24,14 +24,14 @@ def conv_output_hw(input_hw: Sequence[int], kernel_size, stride=1, padding: Unio
     return out  # type: ignore[return-value]
 
 
-def conv_flops(conv: nn.Conv2d, input_hw: Sequence[int]) -> int:
+def conv_macs(conv: nn.Conv2d, input_hw: Sequence[int]) -> int:
     """MACs of a dense (possibly grouped) nn.Conv2d on one (C, H, W) input; bias adds not counted."""
     ho, wo = conv_output_hw(input_hw, conv.kernel_size, conv.stride, conv.padding, conv.dilation)
     kh, kw = conv.kernel_size
     return conv.out_channels * (conv.in_channels // conv.groups) * kh * kw * ho * wo
 
 
-def linear_flops(linear: nn.Linear) -> int:
+def linear_macs(linear: nn.Linear) -> int:
     """MACs of an nn.Linear on one input row."""
     return linear.in_features * linear.out_features
 
@@ -41,12 +41,12 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def module_flops(module: nn.Module, input_hw: Sequence[int]) -> int:
-    """MACs of a dense conv / linear or a decomposed layer (anything with ``.flops(input_hw)``)."""
-    if hasattr(module, "flops"):
-        return int(module.flops(input_hw))
+def module_macs(module: nn.Module, input_hw: Sequence[int]) -> int:
+    """MACs of a dense conv / linear or a decomposed layer (anything with ``.macs(input_hw)``)."""
+    if hasattr(module, "macs"):
+        return int(module.macs(input_hw))
     if isinstance(module, nn.Conv2d):
-        return conv_flops(module, input_hw)
+        return conv_macs(module, input_hw)
     if isinstance(module, nn.Linear):
-        return linear_flops(module)
+        return linear_macs(module)
     raise TypeError(f"no MAC count for {type(module).__name__}")

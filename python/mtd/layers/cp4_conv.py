@@ -9,6 +9,7 @@ from torch import nn
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
 from ..decompose import CP4Factors, check_cp_rank, cp4_decompose_conv
+from ..decompose.costs import cp4_macs
 from .compressible import check_conv_for
 from .base import FactorizedConv2d, conv_geometry
 
@@ -57,8 +58,5 @@ class CP4Conv2d(FactorizedConv2d):
         return torch.einsum("tr,ri,rj,rs->tsij", self.last.weight[:, :, 0, 0], self.vertical.weight[:, 0, :, 0],
                             self.horizontal.weight[:, 0, 0, :], self.first.weight[:, :, 0, 0])
 
-    def flops(self, input_hw: Sequence[int]) -> int:
-        h, w = input_hw
-        ho, wo = self.output_hw(input_hw)
-        kh, kw = self.kernel_size
-        return self.rank * (self.in_channels * h * w + kh * ho * w + kw * ho * wo + self.out_channels * ho * wo)
+    def macs(self, input_hw: Sequence[int]) -> int:
+        return cp4_macs(self.kernel_shape, (self.rank,), input_hw, self.output_hw(input_hw))

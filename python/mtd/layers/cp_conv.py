@@ -9,6 +9,7 @@ from torch import nn
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
 from ..decompose import CPFactors, check_cp_rank, cp_decompose_conv
+from ..decompose.costs import cp3_macs
 from .compressible import check_conv_for
 from .base import FactorizedConv2d, conv_geometry
 
@@ -51,8 +52,5 @@ class CPConv2d(FactorizedConv2d):
         return torch.einsum("tr,rij,rs->tsij", self.last.weight[:, :, 0, 0], self.depthwise.weight[:, 0],
                             self.first.weight[:, :, 0, 0])
 
-    def flops(self, input_hw: Sequence[int]) -> int:
-        h, w = input_hw
-        ho, wo = self.output_hw(input_hw)
-        kh, kw = self.kernel_size
-        return self.rank * (self.in_channels * h * w + kh * kw * ho * wo + self.out_channels * ho * wo)
+    def macs(self, input_hw: Sequence[int]) -> int:
+        return cp3_macs(self.kernel_shape, (self.rank,), input_hw, self.output_hw(input_hw))

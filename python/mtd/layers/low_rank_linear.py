@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..decompose import SVDFactors, check_svd_rank, svd_decompose
+from ..decompose.costs import svd_macs
 from ._factorized import FactorizedModule
 
 
@@ -49,9 +50,9 @@ class LowRankLinear(FactorizedModule):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops(self, input_hw: Optional[Sequence[int]] = None) -> int:
+    def macs(self, input_hw: Optional[Sequence[int]] = None) -> int:
         """MACs for one input row (``input_hw`` is ignored; accepted for a uniform API)."""
-        return self.rank * (self.in_features + self.out_features)
+        return svd_macs((self.out_features, self.in_features), (self.rank,))
 
     @torch.no_grad()
     def to_dense(self) -> nn.Linear:

@@ -9,6 +9,7 @@ from torch import nn
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
 from ..decompose import TuckerFactors, check_tucker_ranks, tucker2_decompose_conv
+from ..decompose.costs import tucker2_macs
 from .compressible import check_conv_for
 from .base import FactorizedConv2d, conv_geometry
 
@@ -56,9 +57,5 @@ class TuckerConv2d(FactorizedConv2d):
         return torch.einsum("tb,baij,as->tsij", self.last.weight[:, :, 0, 0], self.core.weight,
                             self.first.weight[:, :, 0, 0])
 
-    def flops(self, input_hw: Sequence[int]) -> int:
-        h, w = input_hw
-        ho, wo = self.output_hw(input_hw)
-        kh, kw = self.kernel_size
-        r1, r2 = self.ranks
-        return self.in_channels * r1 * h * w + r1 * r2 * kh * kw * ho * wo + r2 * self.out_channels * ho * wo
+    def macs(self, input_hw: Sequence[int]) -> int:
+        return tucker2_macs(self.kernel_shape, self.ranks, input_hw, self.output_hw(input_hw))

@@ -8,9 +8,14 @@ ranks; MUSCO and Astrid et al. use the same estimates for CP ranks.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
+
+from .. import methods
+from ..methods import rank_for_ratio
 
 # Constant from Nakajima et al. (2013), Theorem 13: tau_bar = 2.5129 * sqrt(alpha).
 _TAU_BAR_COEF = 2.5129
@@ -109,9 +114,7 @@ def vbmf_cp_rank(weight: torch.Tensor) -> int:
 def uniform_cp_rank(out_ch: int, in_ch: int, kh: int, kw: int, ratio: float, cp4: bool = False) -> int:
     """Largest CP rank whose factor parameter count is at most ``dense / ratio`` (at least 1)."""
     _check_ratio(ratio)
-    dense = out_ch * in_ch * kh * kw
-    per_rank = in_ch + out_ch + (kh + kw if cp4 else kh * kw)
-    return max(1, int(dense / ratio // per_rank))
+    return rank_for_ratio(methods.get("cp4" if cp4 else "cp").params, (out_ch, in_ch, kh, kw), ratio)
 
 
 def uniform_tucker_ranks(out_ch: int, in_ch: int, kh: int, kw: int, ratio: float) -> tuple[int, int]:
@@ -128,9 +131,26 @@ def uniform_tucker_ranks(out_ch: int, in_ch: int, kh: int, kw: int, ratio: float
 def uniform_svd_rank(out_features: int, in_features: int, ratio: float) -> int:
     """Largest SVD rank with ``rank * (in + out) <= in * out / ratio`` (at least 1)."""
     _check_ratio(ratio)
-    return max(1, int(out_features * in_features / ratio // (in_features + out_features)))
+    return rank_for_ratio(methods.get("svd").params, (out_features, in_features), ratio)
 
 
 def _check_ratio(ratio: float) -> None:
     if not ratio or ratio <= 1:
         raise ValueError(f"target_ratio must be > 1 (a compression factor such as 4), got {ratio!r}")
+
+
+@dataclass(frozen=True)
+class RankRule:
+    """A baseline planner mode: every conv decomposed by ``method`` at the ranks of a closed-form rule."""
+
+    method: str  # a name in mtd.methods
+    ranks: Callable[[torch.Tensor, Optional[float]], tuple[int, ...]]  # (conv weight, target ratio) -> ranks
+    needs_ratio: bool  # the rule is a compression ratio (uniform), not an estimate from the weight (EVBMF)
+
+
+RANK_RULES = {
+    "cp-vbmf": RankRule("cp", lambda w, ratio: (vbmf_cp_rank(w),), needs_ratio=False),
+    "tucker-vbmf": RankRule("tucker", lambda w, ratio: vbmf_tucker_ranks(w), needs_ratio=False),
+    "cp-uniform": RankRule("cp", lambda w, ratio: (uniform_cp_rank(*w.shape, ratio),), needs_ratio=True),
+    "tucker-uniform": RankRule("tucker", lambda w, ratio: uniform_tucker_ranks(*w.shape, ratio), needs_ratio=True),
+}

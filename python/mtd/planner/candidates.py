@@ -6,9 +6,10 @@ Ranks are derived from target per-layer compression ratios, so the grid means th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from torch import nn
 
-from .baselines import uniform_cp_rank, uniform_svd_rank
+from .. import methods
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,16 @@ class Candidate:
         return self.method if not self.ranks else f"{self.method}{list(self.ranks)}"
 
 
-DENSE = Candidate("dense")
+DENSE = Candidate(methods.DENSE)
 
 
 @dataclass
 class CandidateGrid:
-    """Per-layer compression ratios tried for each method (ratio = dense params / layer params)."""
+    """Per-layer compression ratios tried for each method (ratio = dense params / layer params).
+
+    ``methods``: the conv decompositions tried (Linear layers always try SVD); each method's values are the field
+    its :class:`mtd.methods.Method` names (``grid_field``).
+    """
 
     cp_ratios: tuple[float, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
     cp4_ratios: tuple[float, ...] = (4, 8, 16, 32)
@@ -67,41 +72,21 @@ class CandidateGrid:
         return grids[name]()
 
 
-def conv_shape(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(T, S, kh, kw) of a conv's kernel."""
-    T, S, kh, kw = conv.weight.shape
-    return int(T), int(S), int(kh), int(kw)
-
-
-def conv_candidates(conv: nn.Conv2d, grid: CandidateGrid) -> list[Candidate]:
-    """CP3 / CP4 / Tucker-2 candidates for one conv, ordered from least to most compressed per method."""
-    T, S, kh, kw = conv_shape(conv)
-    dense = T * S * kh * kw
-    out: list[Candidate] = []
-    if "cp" in grid.methods:
-        ranks = sorted({uniform_cp_rank(T, S, kh, kw, r) for r in grid.cp_ratios}, reverse=True)
-        out += [Candidate("cp", (r,)) for r in ranks if r * (S + T + kh * kw) < dense]
-    if "cp4" in grid.methods and kh > 1 and kw > 1:
-        ranks = sorted({uniform_cp_rank(T, S, kh, kw, r, cp4=True) for r in grid.cp4_ratios}, reverse=True)
-        out += [Candidate("cp4", (r,)) for r in ranks if r * (S + T + kh + kw) < dense]
-    if "tucker" in grid.methods:
-        pairs = sorted({(max(1, round(a * S)), max(1, round(b * T)))
-                        for a in grid.tucker_fractions for b in grid.tucker_fractions}, reverse=True)
-        out += [Candidate("tucker", p) for p in pairs if S * p[0] + p[0] * p[1] * kh * kw + p[1] * T < dense]
-    return out
-
-
-def linear_candidates(linear: nn.Linear, grid: CandidateGrid) -> list[Candidate]:
-    """SVD candidates for one Linear layer (most accurate first)."""
-    n_out, n_in = linear.weight.shape
-    ranks = sorted({uniform_svd_rank(n_out, n_in, r) for r in grid.svd_ratios}, reverse=True)
-    return [Candidate("svd", (r,)) for r in ranks if r * (n_in + n_out) < n_out * n_in]
+def _methods_tried(module: nn.Module, grid: CandidateGrid) -> list[methods.Method]:
+    """The table's methods for ``module``'s type; ``grid.methods`` picks among those of convs (a Linear always tries
+    its one, SVD)."""
+    return [m for m in methods.for_module(module) if m.kind is not nn.Conv2d or m.name in grid.methods]
 
 
 def layer_candidates(module: nn.Module, grid: CandidateGrid) -> list[Candidate]:
-    """All candidates for ``module`` (dense not included)."""
-    if isinstance(module, nn.Conv2d):
-        return conv_candidates(module, grid)
-    if isinstance(module, nn.Linear):
-        return linear_candidates(module, grid)
-    raise TypeError(f"unsupported layer type {type(module).__name__}; mtd compresses Conv2d and Linear")
+    """All candidates for ``module`` (dense not included), per method (table order) from least to most
+    compressed; ranks come from the method's grid values, and candidates that save no parameters are dropped."""
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"unsupported layer type {type(module).__name__}; mtd compresses Conv2d and Linear")
+    shape = tuple(module.weight.shape)
+    out: list[Candidate] = []
+    for method in _methods_tried(module, grid):
+        if method.worth_trying(shape):
+            ranks = method.grid_ranks(shape, getattr(grid, method.grid_field))
+            out += [Candidate(method.name, r) for r in ranks if method.saves_parameters(shape, r)]
+    return out

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import methods
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
 from ..train.teacher_cache import CachedTeacher
 from ..utils import pick_device, progress_bar, seed_everything
-from .baselines import uniform_cp_rank, uniform_tucker_ranks, vbmf_cp_rank, vbmf_tucker_ranks
-from .candidates import Candidate, conv_shape
+from .baselines import RANK_RULES
+from .candidates import Candidate
 from .config import CompressConfig
 from .data_adapter import as_planning_data
 from .factor_cache import DecompositionSettings, FactorCache
@@ -338,7 +339,7 @@ class _Run:
             entries.append(LayerPlan(
                 name=name, kind="conv" if isinstance(module, nn.Conv2d) else "linear", method=s.method,
                 ranks=list(s.candidate.ranks), params_before=dense.params, params_after=s.params,
-                flops_before=dense.flops, flops_after=s.flops, rel_error=s.rel_error,
+                macs_before=dense.macs, macs_after=s.macs, rel_error=s.rel_error,
                 sensitivity={"loss": s.loss, "accuracy": s.accuracy}, seed=cfg.seed,
                 warm_start=list(warm_chain(s.candidate, _candidate_list(self.options, name)))))
         return Plan(model_name=getattr(self.model, "mtd_model_name", None),
@@ -422,24 +423,14 @@ def _in_out(module: nn.Module) -> tuple[int, int]:
 
 def _rule_candidates(method: str, target_ratio: Optional[float]) -> Callable[[str, nn.Module], list[Candidate]]:
     """Per-layer single candidate of a baseline rule (convs only; Linear layers stay dense)."""
-    from ..decompose import max_cp_rank
+    rule = RANK_RULES[method]
+    decomposition = methods.get(rule.method)
 
     def pick(name: str, module: nn.Module) -> list[Candidate]:
-        if not isinstance(module, nn.Conv2d):
+        if not decomposition.applies_to(module):
             return []
-        T, S, kh, kw = conv_shape(module)
-        if method == "cp-vbmf":
-            cand = Candidate("cp", (vbmf_cp_rank(module.weight),))
-        elif method == "tucker-vbmf":
-            cand = Candidate("tucker", vbmf_tucker_ranks(module.weight))
-        elif method == "cp-uniform":
-            cand = Candidate("cp", (uniform_cp_rank(T, S, kh, kw, target_ratio),))
-        else:
-            cand = Candidate("tucker", uniform_tucker_ranks(T, S, kh, kw, target_ratio))
-        if cand.method == "cp":
-            if cand.ranks[0] >= max_cp_rank(module):  # would not save parameters: stay dense
-                return []
-        elif S * cand.ranks[0] + cand.ranks[0] * cand.ranks[1] * kh * kw + cand.ranks[1] * T >= T * S * kh * kw:
+        cand = Candidate(rule.method, rule.ranks(module.weight, target_ratio))
+        if not decomposition.saves_parameters(tuple(module.weight.shape), cand.ranks):  # stay dense
             return []
         return [cand]
 

@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from .baselines import RANK_RULES
 from .candidates import CandidateGrid
 
-PLANNER_METHODS = ("mtd", "thesis", "cp-vbmf", "tucker-vbmf", "cp-uniform", "tucker-uniform")
+PLANNER_METHODS = ("mtd", "thesis", *RANK_RULES)
 GRID_NAMES = ("full", "small", "coarse", "tiny")
 
 
@@ -110,10 +111,11 @@ class CompressConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(PLANNER_METHODS)}")
         if self.target_ratio is not None and not (_is_number(self.target_ratio) and self.target_ratio > 1):
             raise ValueError(f"target_ratio must be > 1 (e.g. 8 for 8x fewer parameters), got {self.target_ratio!r}")
-        if self.method.endswith("-uniform") and self.target_ratio is None:
+        rule = RANK_RULES.get(self.method)
+        if rule is not None and rule.needs_ratio and self.target_ratio is None:
             raise ValueError(f"method {self.method!r} needs target_ratio (the per-layer compression ratio)")
         if self.max_drop is None:
-            if self.target_ratio is None and not self.method.endswith("-vbmf"):
+            if self.target_ratio is None and (rule is None or rule.needs_ratio):
                 raise ValueError("max_drop=None needs a target_ratio or an EVBMF method (otherwise there is "
                                  "nothing to aim at)")
         elif not (_is_number(self.max_drop) and 0 <= self.max_drop < 100):

@@ -14,11 +14,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .. import decompose
+from .. import methods
+from ..methods import DecompositionSettings
 from ..utils import atomic_write
 
-_FACTOR_TYPES = {"cp": decompose.CPFactors, "cp4": decompose.CP4Factors, "tucker": decompose.TuckerFactors,
-                 "svd": decompose.SVDFactors}
+__all__ = ["DecompositionSettings", "FactorCache", "weight_hash"]
 
 
 def weight_hash(weight: torch.Tensor) -> str:
@@ -27,15 +27,6 @@ def weight_hash(weight: torch.Tensor) -> str:
     h = hashlib.sha1(f"{tuple(w.shape)}|{w.dtype}".encode())
     h.update(w.numpy().tobytes())
     return h.hexdigest()[:20]
-
-
-@dataclasses.dataclass(frozen=True)
-class DecompositionSettings:
-    """ALS settings that change the CP result (recorded in the plan)."""
-
-    cp_n_iter_max: int = 100
-    cp_tol: float = 1e-6
-    engine: str = "mtd"  # mtd.decompose engine ("mtd" or "tensorly")
 
 
 class FactorCache:
@@ -51,14 +42,13 @@ class FactorCache:
 
     def factors(self, weight: torch.Tensor, method: str, ranks: Sequence[int], seed: int = 0,
                 warm_start: Sequence[int] = (), whash: Optional[str] = None) -> Any:
-        """Factors of ``weight`` for ``method`` at ``ranks``; CP/CP4 first decompose the ranks in
-        ``warm_start`` (in order), each warm-starting the next."""
-        if method not in _FACTOR_TYPES:
-            raise ValueError(f"cannot decompose with method {method!r}; allowed: {sorted(_FACTOR_TYPES)}")
+        """Factors of ``weight`` for ``method`` at ``ranks``; a method that warm-starts (CP/CP4) first
+        decomposes the ranks in ``warm_start`` (in order), each warm-starting the next."""
+        entry = methods.get(method)
         whash = whash or weight_hash(weight)
         ranks, warm_start = tuple(int(r) for r in ranks), tuple(int(r) for r in warm_start)
-        if warm_start and method not in ("cp", "cp4"):
-            raise ValueError(f"warm starts are only used for CP/CP4, not {method!r}")
+        if warm_start and not entry.warm_starts:
+            raise ValueError(f"method {method!r} does not warm-start from higher ranks; got warm_start {warm_start}")
         key = (whash, method, ranks, seed, warm_start, self.settings)
         if key in self._memory:
             self.hits += 1
@@ -69,22 +59,10 @@ class FactorCache:
             init = "svd"
             if warm_start:
                 init = self.factors(weight, method, warm_start[-1:], seed, warm_start[:-1], whash)
-            result = self._compute(weight, method, ranks, seed, init)
+            result = entry.decompose(weight, ranks, seed=seed, init=init, settings=self.settings)
             self._store(key, result)
         self._memory[key] = result
         return result
-
-    def _compute(self, weight: torch.Tensor, method: str, ranks: tuple, seed: int, init: Any) -> Any:
-        s = self.settings
-        if method == "cp":
-            return decompose.cp_decompose_conv(weight, ranks[0], init=init, seed=seed,
-                                               n_iter_max=s.cp_n_iter_max, tol=s.cp_tol, engine=s.engine)
-        if method == "cp4":
-            return decompose.cp4_decompose_conv(weight, ranks[0], init=init, seed=seed,
-                                                n_iter_max=s.cp_n_iter_max, tol=s.cp_tol, engine=s.engine)
-        if method == "tucker":
-            return decompose.tucker2_decompose_conv(weight, ranks=tuple(ranks), seed=seed, engine=s.engine)
-        return decompose.svd_decompose(weight, ranks[0])
 
     # -- disk ---------------------------------------------------------------------------------------------
     def _path(self, key: tuple) -> Optional[Path]:
@@ -100,7 +78,7 @@ class FactorCache:
             return None
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            return _FACTOR_TYPES[key[1]](**payload)
+            return methods.get(key[1]).factors(**payload)
         except Exception:  # a stale or damaged cache entry is recomputed, never trusted
             return None
 

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .. import methods
 from ..utils import atomic_write, progress_bar
 from .candidates import Candidate, CandidateGrid, layer_candidates
 from .factor_cache import FactorCache, weight_hash
@@ -19,8 +20,9 @@ from .sensitivity import Calibration, Score, sensitivity
 
 
 def warm_chain(candidate: Candidate, all_candidates: list[Candidate]) -> tuple[int, ...]:
-    """Higher CP ranks of the same method decomposed before ``candidate`` (each warm-starts the next)."""
-    if candidate.method not in ("cp", "cp4"):
+    """Higher ranks of the same method decomposed before ``candidate`` (each warm-starts the next), for a method
+    that warm-starts (CP/CP4)."""
+    if candidate.method == methods.DENSE or not methods.get(candidate.method).warm_starts:
         return ()
     rank = candidate.ranks[0]
     higher = sorted({c.ranks[0] for c in all_candidates if c.method == candidate.method and c.ranks[0] > rank},
@@ -65,15 +67,15 @@ def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, cali
             module = model.get_submodule(name)
             in_hw = io_shapes[name][0]
             whash = weight_hash(module.weight)
-            params, flops = dense_cost(module, in_hw)
-            scored = [Scored(Candidate("dense"), params, flops)]
+            params, macs = dense_cost(module, in_hw)
+            scored = [Scored(Candidate(methods.DENSE), params, macs)]
             for cand in cands:
                 bar.set_postfix_str(f"{name} {cand.label()}", refresh=False)
                 factors = cache.factors(module.weight, cand.method, cand.ranks, seed, warm_chain(cand, cands),
                                         whash=whash)
                 layer = build_layer(module, cand.method, factors, backend="torch")
-                p, f = layer_cost(layer, in_hw)
-                s = Scored(cand, p, f, rel_error=float(factors.rel_error))
+                p, macs = layer_cost(layer, in_hw)
+                s = Scored(cand, p, macs, rel_error=float(factors.rel_error))
                 d = sensitivity(model, name, layer, calib, base)
                 s.loss, s.accuracy = d["loss"], d["accuracy"]
                 scored.append(s)
@@ -104,10 +106,15 @@ def save_options(path: Path, options: dict[str, list[Scored]]) -> None:
 
 
 def load_options(path: Path) -> Optional[dict[str, list[Scored]]]:
-    """Options written by :func:`save_options`, or None if absent or unreadable (then they are re-scored)."""
+    """Options written by :func:`save_options` (older ones with ``flops`` for ``macs`` too), or None if absent or
+    unreadable (then they are re-scored)."""
     try:
         data = json.loads(path.read_text())
-        return {name: [Scored(**dict(s, candidate=Candidate(s["candidate"]["method"], tuple(s["candidate"]["ranks"]))))
-                       for s in opts] for name, opts in data.items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {name: [_scored(s) for s in opts] for name, opts in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _scored(d: dict) -> Scored:
+    fields = {("macs" if k == "flops" else k): v for k, v in d.items()}  # "flops" before mtd renamed it (#19)
+    return Scored(**dict(fields, candidate=Candidate(d["candidate"]["method"], tuple(d["candidate"]["ranks"]))))

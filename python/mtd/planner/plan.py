@@ -1,7 +1,7 @@
 """The compression plan: a JSON-serialisable record of what was chosen for each layer.
 
 A plan holds, per layer, the method and ranks (plus the seed/init chain needed to recompute the
-decomposition bit-for-bit), parameter and FLOP counts before/after, reconstruction error and the
+decomposition bit-for-bit), parameter and multiply-accumulate (MAC) counts before/after, reconstruction error and the
 measured sensitivity. :func:`mtd.planner.apply_plan` rebuilds the compressed model from it.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import methods
 from ..utils import atomic_write
 
 PLAN_FORMAT_VERSION = 1
-METHODS = ("dense", "cp", "cp4", "tucker", "svd")
+_RENAMED = {"flops_before": "macs_before", "flops_after": "macs_after"}  # layer fields before mtd renamed them (#19)
 
 
 @dataclass
@@ -30,16 +31,17 @@ class LayerPlan:
     ranks: list[int] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
-    flops_before: int = 0
-    flops_after: int = 0
+    macs_before: int = 0  # multiply-accumulates for one sample
+    macs_after: int = 0
     rel_error: float = 0.0
     sensitivity: Optional[dict[str, float]] = None  # {"loss": dloss, "accuracy": dacc} measured alone
     seed: int = 0
     warm_start: list[int] = field(default_factory=list)  # CP ranks decomposed first, each warm-starting the next
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"layer {self.name!r}: unknown method {self.method!r}; allowed: {METHODS}")
+        if self.method != methods.DENSE and self.method not in methods.METHODS:
+            raise ValueError(f"layer {self.name!r}: unknown method {self.method!r}; allowed: "
+                             f"{', '.join((methods.DENSE, *methods.names()))}")
 
 
 @dataclass
@@ -62,10 +64,10 @@ class Plan:
         """Sums over the planned layers (compressible layers only) and their ratios."""
         pb = sum(l.params_before for l in self.layers)
         pa = sum(l.params_after for l in self.layers)
-        fb = sum(l.flops_before for l in self.layers)
-        fa = sum(l.flops_after for l in self.layers)
-        return {"params_before": pb, "params_after": pa, "flops_before": fb, "flops_after": fa,
-                "param_ratio": pb / max(pa, 1), "flops_ratio": fb / max(fa, 1)}
+        mb = sum(l.macs_before for l in self.layers)
+        ma = sum(l.macs_after for l in self.layers)
+        return {"params_before": pb, "params_after": pa, "macs_before": mb, "macs_after": ma,
+                "param_ratio": pb / max(pa, 1), "macs_ratio": mb / max(ma, 1)}
 
     def layer(self, name: str) -> LayerPlan:
         for lp in self.layers:
@@ -87,7 +89,8 @@ class Plan:
         if version > PLAN_FORMAT_VERSION:
             raise ValueError(f"plan format version {version} is newer than this mtd ({PLAN_FORMAT_VERSION})")
         layer_fields = {f.name for f in dataclasses.fields(LayerPlan)}
-        layers = [LayerPlan(**{k: v for k, v in l.items() if k in layer_fields}) for l in d["layers"]]
+        layers = [LayerPlan(**{_RENAMED.get(k, k): v for k, v in l.items() if _RENAMED.get(k, k) in layer_fields})
+                  for l in d["layers"]]
         plan_fields = {f.name for f in dataclasses.fields(cls)} - {"layers"}
         return cls(layers=layers, **{k: v for k, v in d.items() if k in plan_fields})
 

@@ -22,7 +22,7 @@ class Scored:
 
     candidate: Candidate
     params: int
-    flops: int
+    macs: int  # multiply-accumulates for one sample
     rel_error: float = 0.0
     loss: float = 0.0
     accuracy: float = 0.0

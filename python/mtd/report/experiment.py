@@ -124,13 +124,13 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
         totals = plan.totals()
         row = {"method": method, "base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc,
                "param_ratio": plan.results["model_param_ratio"], "layer_param_ratio": totals["param_ratio"],
-               "flops_ratio": totals["flops_ratio"], "seconds": seconds,
+               "macs_ratio": totals["macs_ratio"], "seconds": seconds,
                "latency_ms": _latencies(compressed, cfg, device), "dense_latency_ms": dense_latency,
                "methods": {l.name: f"{l.method}{l.ranks or ''}" for l in plan.layers}}
         results["rows"].append(row)
         results["plans"][method] = plan.to_dict()
         log(f"{method}: {acc:.2f}% (drop {base_acc - acc:+.2f}), params {row['param_ratio']:.2f}x, "
-            f"FLOPs {row['flops_ratio']:.2f}x, {seconds:.0f} s")
+            f"MACs {row['macs_ratio']:.2f}x, {seconds:.0f} s")
     results["wall_seconds"] = time.perf_counter() - t_start
     return results
 
@@ -159,14 +159,14 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     m = results["machine"]
     base = results["baseline"]
     lat_keys = [k for k in base.get("latency_ms", {}) if not k.endswith("_error")]
-    header = ["method", "baseline acc (%)", "acc (%)", "drop", "param ratio", "FLOPs ratio"]
+    header = ["method", "baseline acc (%)", "acc (%)", "drop", "param ratio", "MACs ratio"]
     header += [f"latency {k} dense/compressed (ms)" for k in lat_keys] + ["time (s)"]
     rows = []
     for r in results["rows"]:
         if r.get("skipped"):
             rows.append([r["method"], "skipped: " + r["skipped"]] + [""] * (len(header) - 2))
             continue
-        rows.append([r["method"], r["base_accuracy"], r["accuracy"], r["drop"], r["param_ratio"], r["flops_ratio"]]
+        rows.append([r["method"], r["base_accuracy"], r["accuracy"], r["drop"], r["param_ratio"], r["macs_ratio"]]
                     + [f"{r['dense_latency_ms'][k]:.2f} / {r['latency_ms'][k]:.2f}" for k in lat_keys]
                     + [r["seconds"]])
     cfg = results["config"]

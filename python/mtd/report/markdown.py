@@ -18,9 +18,9 @@ def markdown_report(plans: Sequence[Plan], title: str = "mtd compression report"
         s = summary_row(p)
         drop = (s["base_accuracy"] - s["accuracy"]) if None not in (s["base_accuracy"], s["accuracy"]) else None
         rows.append([s["method"], s["base_accuracy"], s["accuracy"], drop, s["accuracy_split"],
-                     s["model_param_ratio"], s["layer_param_ratio"], s["flops_ratio"]])
+                     s["model_param_ratio"], s["layer_param_ratio"], s["macs_ratio"]])
     out += ["## Summary", "", format_table(("method", "base acc (%)", "acc (%)", "drop", "split", "param ratio",
-                                            "conv/linear param ratio", "FLOPs ratio"), rows, markdown=True), ""]
+                                            "conv/linear param ratio", "MACs ratio"), rows, markdown=True), ""]
     for img in images:
         out += [f"![{img}]({img})", ""]
     for p in plans:

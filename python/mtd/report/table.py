@@ -27,7 +27,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], markdown:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-LAYER_HEADER = ("layer", "method", "ranks", "params", "params after", "ratio", "MFLOPs", "MFLOPs after",
+LAYER_HEADER = ("layer", "method", "ranks", "params", "params after", "ratio", "MMACs", "MMACs after",
                 "rel. error", "sens. acc")
 
 
@@ -36,16 +36,16 @@ def layer_rows(plan: Plan) -> list[list[Any]]:
     for l in plan.layers:
         sens = (l.sensitivity or {}).get("accuracy")
         rows.append([l.name, l.method, "x".join(map(str, l.ranks)) or "-", l.params_before, l.params_after,
-                     l.params_before / max(l.params_after, 1), l.flops_before / 1e6, l.flops_after / 1e6,
+                     l.params_before / max(l.params_after, 1), l.macs_before / 1e6, l.macs_after / 1e6,
                      l.rel_error if l.method != "dense" else None, sens if l.method != "dense" else None])
     t = plan.totals()
     rows.append(["TOTAL", "", "", t["params_before"], t["params_after"], t["param_ratio"],
-                 t["flops_before"] / 1e6, t["flops_after"] / 1e6, None, None])
+                 t["macs_before"] / 1e6, t["macs_after"] / 1e6, None, None])
     return rows
 
 
 def layer_table(plan: Plan, markdown: bool = False) -> str:
-    """Per-layer table of ``plan`` (method, ranks, parameters, FLOPs, error, sensitivity)."""
+    """Per-layer table of ``plan`` (method, ranks, parameters, MACs, error, sensitivity)."""
     return format_table(LAYER_HEADER, layer_rows(plan), markdown=markdown)
 
 
@@ -62,5 +62,5 @@ def summary_row(plan: Plan) -> dict[str, Any]:
         "accuracy_split": "test" if test else "holdout",
         "model_param_ratio": r.get("model_param_ratio"),
         "layer_param_ratio": t["param_ratio"],
-        "flops_ratio": t["flops_ratio"],
+        "macs_ratio": t["macs_ratio"],
     }

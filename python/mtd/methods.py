@@ -1,0 +1,174 @@
+"""The method table: one entry per decomposition method, the only place that maps a method name to its code.
+
+Each :class:`Method` says which layers it decomposes, how (decompose function, factor type, layer class),
+what the result costs (parameters, MACs), which ranks are valid, how the candidate grid turns ratios into
+ranks, and whether lower ranks warm-start from higher ones. The planner, the factor cache, the layer factory
+and :func:`mtd.layers.check_compressible` look methods up here, so a new method (or an activation-aware
+variant, ``aware=``) is one entry, not a change in each of them. ``"dense"`` (keep the layer) is no method.
+
+Shapes are weight shapes: (T, S, kh, kw) for a conv, (out, in) for a Linear; ranks are tuples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from torch import nn
+
+from . import decompose
+from .decompose import costs
+from .layers import CP4Conv2d, CPConv2d, LowRankLinear, TuckerConv2d
+
+Shape = tuple[int, ...]
+Ranks = tuple[int, ...]
+DENSE = "dense"  # the planner's name for "keep the layer"
+
+
+@dataclass(frozen=True)
+class DecompositionSettings:
+    """ALS settings that change the CP result (recorded in the plan)."""
+
+    cp_n_iter_max: int = 100
+    cp_tol: float = 1e-6
+    engine: str = "mtd"  # mtd.decompose engine ("mtd" or "tensorly")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One decomposition method.
+
+    ``decompose(weight, ranks, *, seed, init, settings) -> factors``: ``init`` is ``"svd"`` or, for a method that
+    ``warm_starts``, the factors of a higher rank. ``aware``: the same with activation statistics (an
+    activation-aware variant), or None. ``grid_ranks(shape, values)``: candidate ranks from the values of the
+    :class:`~mtd.planner.CandidateGrid` field ``grid_field`` (ratios or channel fractions), least compressed first.
+    ``worth_trying(shape)``: whether the candidate grid tries it on a kernel of this shape.
+    """
+
+    name: str
+    kind: type  # the dense layer type it decomposes: nn.Conv2d or nn.Linear
+    layer: type  # the decomposed layer class
+    factors: type  # what ``decompose`` returns
+    decompose: Callable[..., Any]
+    params: Callable[[Shape, Ranks], int]  # weights of the factors (the bias is the dense layer's)
+    macs: Callable[[Shape, Ranks, Sequence[int], Sequence[int]], int]  # (shape, ranks, in_hw, out_hw)
+    check_ranks: Callable[[Any, Shape], Ranks]  # normalised ranks, or ValueError/TypeError saying what is allowed
+    grid_field: str
+    grid_ranks: Callable[[Shape, Sequence[float]], list[Ranks]]
+    warm_starts: bool = False
+    worth_trying: Callable[[Shape], bool] = lambda shape: True
+    aware: Optional[Callable[..., Any]] = None
+
+    def applies_to(self, module: nn.Module) -> bool:
+        return isinstance(module, self.kind)
+
+    def saves_parameters(self, shape: Shape, ranks: Ranks) -> bool:
+        """True if the factors hold fewer weights than the dense kernel."""
+        return self.params(shape, ranks) < math.prod(shape)
+
+    def empty_layer(self, module: nn.Module, ranks: Sequence[int], backend: str = "torch") -> nn.Module:
+        """The decomposed layer shaped like ``module`` at ``ranks`` (weights unset)."""
+        rank = _layer_rank(self.check_ranks(ranks, tuple(module.weight.shape)))
+        kw = dict(bias=module.bias is not None, backend=backend, device=module.weight.device,
+                  dtype=module.weight.dtype)
+        if self.kind is nn.Linear:
+            return self.layer(module.in_features, module.out_features, rank, **kw)
+        return self.layer(module.in_channels, module.out_channels, module.kernel_size, rank, stride=module.stride,
+                          padding=module.padding, dilation=module.dilation, **kw)
+
+    def build_layer(self, module: nn.Module, factors: Any, backend: str = "torch") -> nn.Module:
+        """The decomposed replacement of ``module`` holding ``factors`` (and ``module``'s bias)."""
+        rank = _layer_rank(factors.ranks)
+        if self.kind is nn.Linear:
+            return self.layer.from_linear(module, rank, backend=backend, factors=factors)
+        return self.layer.from_conv(module, rank, backend=backend, factors=factors)
+
+
+def _layer_rank(ranks: Ranks) -> Any:
+    """The layer constructors take one rank as an int and two as a tuple."""
+    return ranks[0] if len(ranks) == 1 else tuple(ranks)
+
+
+def rank_for_ratio(params: Callable[[Shape, Ranks], int], shape: Shape, ratio: float) -> int:
+    """Largest rank whose ``params`` (linear in the rank) are at most ``dense / ratio``, at least 1."""
+    if not ratio or ratio <= 1:
+        raise ValueError(f"a compression ratio must be > 1 (such as 4), got {ratio!r}")
+    return max(1, int(math.prod(shape) / ratio // params(shape, (1,))))
+
+
+def _ratio_ranks(params: Callable[[Shape, Ranks], int]) -> Callable[[Shape, Sequence[float]], list[Ranks]]:
+    """``grid_ranks`` of a one-rank method: the rank of each compression ratio, highest first."""
+    return lambda shape, ratios: [(r,) for r in sorted({rank_for_ratio(params, shape, q) for q in ratios},
+                                                        reverse=True)]
+
+
+def _tucker_fraction_ranks(shape: Shape, fractions: Sequence[float]) -> list[Ranks]:
+    """(R1, R2) = (a*S, b*T) for every pair of fractions, highest first."""
+    t, s = shape[:2]
+    return sorted({(max(1, round(a * s)), max(1, round(b * t))) for a in fractions for b in fractions}, reverse=True)
+
+
+# -- decompose functions: (weight, ranks, *, seed, init, settings) -> factors ------------------------------------
+def _cp3(weight, ranks, *, seed: int, init: Any, settings: DecompositionSettings):
+    return decompose.cp_decompose_conv(weight, ranks[0], init=init, seed=seed, n_iter_max=settings.cp_n_iter_max,
+                                       tol=settings.cp_tol, engine=settings.engine)
+
+
+def _cp4(weight, ranks, *, seed: int, init: Any, settings: DecompositionSettings):
+    return decompose.cp4_decompose_conv(weight, ranks[0], init=init, seed=seed, n_iter_max=settings.cp_n_iter_max,
+                                        tol=settings.cp_tol, engine=settings.engine)
+
+
+def _tucker2(weight, ranks, *, seed: int, init: Any, settings: DecompositionSettings):
+    return decompose.tucker2_decompose_conv(weight, ranks=tuple(ranks), seed=seed, engine=settings.engine)
+
+
+def _svd(weight, ranks, *, seed: int, init: Any, settings: DecompositionSettings):
+    return decompose.svd_decompose(weight, ranks[0])
+
+
+# -- rank checks: (ranks, shape) -> ranks ---------------------------------------------------------------------
+def _one_rank(name: str, check: Callable[[Any, Shape], int]) -> Callable[[Any, Shape], Ranks]:
+    def check_ranks(ranks: Any, shape: Shape) -> Ranks:
+        ranks = tuple(ranks) if isinstance(ranks, (tuple, list)) else (ranks,)
+        if len(ranks) != 1:
+            raise ValueError(f"method {name!r} takes one rank, got {ranks!r}")
+        return (check(ranks[0], shape),)
+
+    return check_ranks
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("cp", nn.Conv2d, CPConv2d, decompose.CPFactors, _cp3, costs.cp3_params, costs.cp3_macs,
+           _one_rank("cp", lambda r, shape: decompose.check_cp_rank(r, shape, "cp3")),
+           "cp_ratios", _ratio_ranks(costs.cp3_params), warm_starts=True),
+    # CP4 splits the kernel into kh x 1 and 1 x kw; on a kernel one pixel wide it is CP3 with an extra conv
+    Method("cp4", nn.Conv2d, CP4Conv2d, decompose.CP4Factors, _cp4, costs.cp4_params, costs.cp4_macs,
+           _one_rank("cp4", lambda r, shape: decompose.check_cp_rank(r, shape, "cp4")),
+           "cp4_ratios", _ratio_ranks(costs.cp4_params), warm_starts=True,
+           worth_trying=lambda shape: shape[2] > 1 and shape[3] > 1),
+    Method("tucker", nn.Conv2d, TuckerConv2d, decompose.TuckerFactors, _tucker2, costs.tucker2_params,
+           costs.tucker2_macs, decompose.check_tucker_ranks,
+           "tucker_fractions", _tucker_fraction_ranks),
+    Method("svd", nn.Linear, LowRankLinear, decompose.SVDFactors, _svd, costs.svd_params, costs.svd_macs,
+           _one_rank("svd", lambda r, shape: decompose.check_svd_rank(r, *shape)),
+           "svd_ratios", _ratio_ranks(costs.svd_params)),
+)}
+
+
+def get(name: str) -> Method:
+    """The entry of ``name``; ValueError naming the methods there are."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown decomposition method {name!r}; allowed: {', '.join(METHODS)}") from None
+
+
+def names() -> tuple[str, ...]:
+    """All method names, in table order."""
+    return tuple(METHODS)
+
+
+def for_module(module: nn.Module) -> list[Method]:
+    """The methods that decompose ``module``'s type (table order)."""
+    return [m for m in METHODS.values() if m.applies_to(module)]
