@@ -12,6 +12,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 from .arrays import CIFAR10Arrays
+from .limits import DEFAULT_LIMITS, ReadBudget, ReadLimits
 from .safe_pickle import restricted_loads
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -77,15 +78,27 @@ def read_official(get_file: Callable[[str], bytes], where: str) -> CIFAR10Arrays
                          test_x, test_y, classes)
 
 
-def read_official_dir(folder: Path) -> CIFAR10Arrays:
-    """Read an extracted ``cifar-10-batches-py`` folder."""
-    return read_official(lambda name: (folder / name).read_bytes(), str(folder))
+def read_official_dir(folder: Path, limits: ReadLimits = DEFAULT_LIMITS) -> CIFAR10Arrays:
+    """Read an extracted ``cifar-10-batches-py`` folder (its files within ``limits.max_bytes``)."""
+    budget = ReadBudget(str(folder), limits)
+
+    def read(name: str) -> bytes:
+        path = folder / name
+        budget.take_bytes(path.stat().st_size, name)
+        return path.read_bytes()
+
+    return read_official(read, str(folder))
 
 
 def read_official_members(members: Dict[str, bytes], where: str) -> CIFAR10Arrays:
     """Read from an archive's ``{member path: bytes}``; batches are matched by file name."""
     by_name = {path.rsplit("/", 1)[-1]: data for path, data in members.items()}
     return read_official(lambda name: by_name[name], where)
+
+
+def is_official_member(path: str) -> bool:
+    """True for an archive member that is one of the release's batch files (matched by file name)."""
+    return path.rsplit("/", 1)[-1] in (*TRAIN_BATCHES, TEST_BATCH, META)
 
 
 def is_official_listing(paths) -> bool:
