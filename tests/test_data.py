@@ -376,7 +376,7 @@ def test_loader_input_errors():
 # ----------------------------------------------------------------------------- planner data adapter
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset  # noqa: E402
 
-from mtd.planner.data_adapter import as_planning_data  # noqa: E402
+from mtd.data.adapter import as_planning_data  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

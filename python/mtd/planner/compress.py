@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.adapter import as_planning_data
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
@@ -26,7 +27,6 @@ from ..utils import pick_device, progress_bar, seed_everything
 from .baselines import uniform_cp_rank, uniform_tucker_ranks, vbmf_cp_rank, vbmf_tucker_ranks
 from .candidates import Candidate, conv_shape
 from .config import CompressConfig
-from .data_adapter import as_planning_data
 from .factor_cache import DecompositionSettings, FactorCache
 from .layer_factory import build_layer, set_backend
 from .options import load_options, record_io_shapes, save_options, score_key, score_options, warm_chain
