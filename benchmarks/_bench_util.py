@@ -136,7 +136,7 @@ def resumed_results(json_path, args, additive: tuple = ()) -> dict:
     """
     from pathlib import Path
 
-    from mtd.report.experiment import machine_description
+    from _experiment import machine_description
 
     path = Path(json_path)
     results = json.loads(path.read_text()) if path.is_file() else {}
