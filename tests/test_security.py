@@ -180,7 +180,8 @@ def test_archive_with_too_many_members_is_refused(tmp_path):
     archive = _tar_with(tmp_path / "many.tar.gz", _tree_members(per_split=30))
     with pytest.raises(ValueError, match="more than 50 files"):
         load_cifar10(archive, use_cache=False, progress=False, limits=ReadLimits(max_members=50))
-    assert load_cifar10(archive, use_cache=False, progress=False, limits=ReadLimits(max_members=60)).train_x.shape[0] == 30
+    within = load_cifar10(archive, use_cache=False, progress=False, limits=ReadLimits(max_members=60))
+    assert within.train_x.shape[0] == 30
 
 
 def test_folder_with_too_many_files_or_bytes_is_refused(tmp_path):
