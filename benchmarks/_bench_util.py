@@ -54,13 +54,14 @@ def geomean(values: Iterable[float]) -> float:
 
 
 def write_rows(rows: Sequence[Dict[str, object]], summary: List[Dict[str, object]], out_prefix: str) -> None:
-    """Write ``<out_prefix>.csv`` (one row per measurement) and ``<out_prefix>.json`` (rows + summary)."""
-    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    with open(out_prefix + ".csv", "w", newline="") as f:
+    """Atomically write ``<out_prefix>.csv`` (one row per measurement) and ``<out_prefix>.json`` (rows + summary)."""
+    from mtd.utils import atomic_write
+
+    with atomic_write(out_prefix + ".csv", "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
-    with open(out_prefix + ".json", "w") as f:
+    with atomic_write(out_prefix + ".json", "w") as f:
         json.dump({"machine": machine_info(), "rows": list(rows), "geomeans": summary}, f, indent=1)
 
 
@@ -135,7 +136,7 @@ def resumed_results(json_path, args, additive: tuple = ()) -> dict:
     """
     from pathlib import Path
 
-    from mtd.report.experiment import machine_description
+    from _experiment import machine_description
 
     path = Path(json_path)
     results = json.loads(path.read_text()) if path.is_file() else {}

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_util as bu  # noqa: E402
+import _experiment as ex  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
 
     baseline = _baseline(arrays, args, device)
     if "baseline" not in steps:
-        steps["baseline"] = {"accuracy": _test_accuracy(baseline, test), "params": _params(baseline),
+        steps["baseline"] = {"accuracy": ex.test_accuracy(baseline, test), "params": ex.params(baseline),
                              "epochs": args.epochs}
         save()
     if "control" not in steps:
@@ -92,60 +93,40 @@ def main(argv=None) -> int:
     return 0
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _test_accuracy(model, test) -> float:
-    from mtd.train import evaluate
-
-    return 100.0 * evaluate(model, test)["accuracy"]
-
-
 def _baseline(arrays, args, device):
     """The trained baseline, from its cached checkpoint when one exists."""
-    from mtd.data import TensorDataLoader
-    from mtd.models import build_model, load_model, save_checkpoint
-    from mtd.train import train
+    from mtd.models import load_model, save_checkpoint
 
     path = Path("runs") / f"{args.model}_w{args.width:g}_e{args.epochs}_s{args.seed}_n{len(arrays.train_y)}.pt"
     if path.is_file():
         return load_model(path).to(device).eval()
-    model = build_model(args.model, num_classes=len(arrays.classes), width=args.width).to(device)
-    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=args.seed)
-    train(model, loader, epochs=args.epochs, lr=0.1, seed=args.seed)
+    model = ex.train_baseline(arrays, args.model, args.width, epochs=args.epochs, lr=0.1, batch_size=128,
+                              seed=args.seed, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, model_name=args.model,
                     model_kwargs={"width": args.width, "num_classes": len(arrays.classes)})
-    return model.eval()
+    return model
 
 
 def _control(baseline, arrays, args, device, test) -> dict:
     """The dense baseline through the same fine-tuning (distilled from itself, all training images)."""
-    import copy
-
-    from mtd.data import TensorDataLoader
-    from mtd.train.finetune import finetune
-
     t0 = time.perf_counter()
-    model = copy.deepcopy(baseline)
-    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=args.seed)
-    finetune(model, loader, epochs=args.finetune_epochs, lr=0.01, teacher=baseline, seed=args.seed)
-    return {"accuracy": _test_accuracy(model.eval(), test), "seconds": time.perf_counter() - t0,
+    model = ex.finetune_control(baseline, arrays, epochs=args.finetune_epochs, seed=args.seed, device=device)
+    return {"accuracy": ex.test_accuracy(model, test), "seconds": time.perf_counter() - t0,
             "finetune_epochs": args.finetune_epochs}
 
 
 def _compress_step(baseline, arrays, args, device, test, method, ratio) -> dict:
-    from mtd.planner import CompressConfig, compress
+    from mtd.planner import CompressConfig
 
     t0 = time.perf_counter()
     cfg = CompressConfig(method=method, max_drop=args.max_drop if ratio is None else None, target_ratio=ratio,
                          confidence=args.confidence, grid=args.grid, holdout_size=args.holdout,
                          finetune_epochs=args.finetune_epochs, seed=args.seed, cache_dir=args.cache_dir)
-    compressed, plan = compress(baseline, arrays, cfg, device=device)
+    _, plan, accuracy, _ = ex.compress_and_test(baseline, arrays, test, device=device, config=cfg)
     r = plan.results
     row = {"method": method, "target_ratio": ratio, "param_ratio": r["model_param_ratio"],
-           "macs_ratio": plan.totals()["macs_ratio"], "accuracy": _test_accuracy(compressed, test),
+           "macs_ratio": plan.totals()["macs_ratio"], "accuracy": accuracy,
            "seconds": time.perf_counter() - t0, "finetune_epochs": args.finetune_epochs, "seed": args.seed,
            "verdict": r["verdict"], "verification": r.get("verification"),
            "layers": [{"name": l.name, "method": l.method, "ranks": l.ranks, "params_before": l.params_before,

@@ -25,7 +25,6 @@ Smoke run:  python benchmarks/cifar_cpu_full.py --checkpoint CK.pt --subset 3000
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import sys
 import time
@@ -36,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_util as bu  # noqa: E402
+import _experiment as ex  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
               f"test {s['test_accuracy']:.2f}%, {s['seconds']:.0f} s", flush=True)
         save()
 
-    run("baseline", lambda: {**tests.score(baseline), "params": _params(baseline), "param_ratio": 1.0})
+    run("baseline", lambda: {**tests.score(baseline), "params": ex.params(baseline), "param_ratio": 1.0})
     run("mtd-budget", lambda: _compress(baseline, arrays, val_data, tests, args, "mtd", max_drop=args.max_drop))
     mtd_steps = ["mtd-budget"] if steps["mtd-budget"]["param_ratio"] > 1.0 else []  # 1.0: the budget fell back
     ratios = [float(x) for x in args.ratios.split(",") if x]
@@ -145,10 +145,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _config(args, finetune_epochs=None, **fields):
     from mtd.data import CIFAR10_MEAN, CIFAR10_STD
     from mtd.planner import CompressConfig
@@ -166,7 +162,7 @@ def _compress(baseline, arrays, val_data, tests, args, method, *, max_drop=None,
     compressed, plan = compress(baseline, arrays, cfg, val_data=val_data, device="cpu")
     r = plan.results
     row = {"method": method, "target_ratio": target_ratio, "finetune_epochs": cfg.finetune_epochs,
-           "param_ratio": r["model_param_ratio"], "params": _params(compressed),
+           "param_ratio": r["model_param_ratio"], "params": ex.params(compressed),
            "macs_ratio": plan.totals()["macs_ratio"], **tests.score(compressed),
            "verdict": r["verdict"], "verification": r.get("verification"),
            "fallback_to_original": r["fallback_to_original"], "compress_seconds": r["wall_time_s"],
@@ -183,7 +179,7 @@ def _uniform_at(baseline, arrays, val_data, tests, args, method, whole_ratio) ->
     from mtd.layers import compressible_layers
 
     convs = [(n, m) for n, m in compressible_layers(baseline) if isinstance(m, torch.nn.Conv2d)][1:]
-    total = _params(baseline)
+    total = ex.params(baseline)
 
     def whole(per_layer: float) -> float:
         saved = sum(m.weight.numel() - _uniform_params(m, method, per_layer) for _, m in convs)
@@ -214,13 +210,8 @@ def _uniform_params(conv, method: str, ratio: float) -> int:
 
 def _control(baseline, arrays, tests, args) -> dict:
     """The dense baseline through the same fine-tuning (distilled from itself, all training images)."""
-    from mtd.data import TensorDataLoader
-    from mtd.train.finetune import finetune
-
-    model = copy.deepcopy(baseline)
-    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, seed=args.seed)
-    finetune(model, loader, epochs=args.finetune_epochs, lr=0.01, teacher=baseline, seed=args.seed)
-    return {**tests.score(model), "params": _params(model), "param_ratio": 1.0,
+    model = ex.finetune_control(baseline, arrays, epochs=args.finetune_epochs, seed=args.seed)
+    return {**tests.score(model), "params": ex.params(model), "param_ratio": 1.0,
             "finetune_epochs": args.finetune_epochs}
 
 

@@ -12,12 +12,17 @@ epoch) — used by tests/test_cifar_smoke.py.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _experiment as ex  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +56,6 @@ def subsample(arrays, n_train: int, n_test: int, seed: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mtd.data import load_cifar10
-    from mtd.report.experiment import ExperimentConfig, run_experiment
 
     t0 = time.perf_counter()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -68,14 +72,14 @@ def main(argv=None) -> int:
     for i, model in enumerate(models):
         remaining = args.time_budget - (time.perf_counter() - t0)
         if args.smoke:
-            cfg = ExperimentConfig(model=model, width=0.125, train_epochs=1, batch_size=64, methods=methods,
+            cfg = ex.ExperimentConfig(model=model, width=0.125, train_epochs=1, batch_size=64, methods=methods,
                                    finetune_epochs=1, calib_size=64, holdout_size=64, search_rounds=1, grid="tiny",
                                    cp_n_iter_max=10, latency_batches=(1,), latency_device="cpu", seed=args.seed)
             data = subsample(arrays, args.smoke_images, max(args.smoke_images // 3, 50), args.seed)
         else:
             # leave the later model its share of the remaining time
             share = remaining / (len(models) - i) if i < len(models) - 1 else remaining
-            cfg = ExperimentConfig(model=model, width=1.0, train_epochs=int(epochs.get(model, 20)),
+            cfg = ex.ExperimentConfig(model=model, width=1.0, train_epochs=int(epochs.get(model, 20)),
                                    train_lr=args.lr, batch_size=args.batch_size, methods=methods,
                                    finetune_epochs=args.finetune_epochs, calib_size=2048, holdout_size=5000,
                                    search_rounds=2, grid="coarse", cp_n_iter_max=30, latency_batches=(1, 256),
@@ -83,13 +87,10 @@ def main(argv=None) -> int:
                                    time_budget_s=share)
             data = arrays
         print(f"== {model} ({'smoke' if args.smoke else device})", flush=True)
-        all_results[model] = run_experiment(data, cfg, device, progress=not args.smoke)
+        all_results[model] = ex.run_experiment(data, cfg, device, progress=not args.smoke)
     stem = "cifar_smoke" if args.smoke else "cifar_gpu"
     merged = {"models": all_results, "wall_seconds": time.perf_counter() - t0}
-    from mtd.report.experiment import results_markdown
     from mtd.utils import atomic_write
-    import json
-    from pathlib import Path
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         json.dump(merged, f, indent=2, default=str)
     with atomic_write(out / f"{stem}.md", "w") as f:
         for model, res in all_results.items():
-            f.write(results_markdown(res, f"CIFAR-10 {model} ({'CPU smoke run' if args.smoke else 'GPU'})") + "\n")
+            f.write(ex.results_markdown(res, f"CIFAR-10 {model} ({'CPU smoke run' if args.smoke else 'GPU'})") + "\n")
     print(f"wrote {out / (stem + '.json')} and .md ({merged['wall_seconds']:.0f} s)")
     return 0
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks
+from mtd.utils import atomic_write
 
 VGG16_CFG: Sequence = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 BATCHES = (1, 32, 256)
@@ -260,26 +261,31 @@ class Row:
 
 
 class Results:
-    """Rows, appended to the CSV as they come so a killed run keeps what it measured."""
+    """Rows, the CSV rewritten (atomically) after each so a killed run keeps what it measured, whole."""
 
     def __init__(self, out_dir: Path, meta: dict):
         self.out_dir, self.meta, self.rows = out_dir, meta, []
         out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = out_dir / "gpu_layers.csv"
         self.fields = list(Row.__dataclass_fields__) + ["device"]
-        with self.csv_path.open("w", newline="") as f:
-            csv.DictWriter(f, self.fields).writeheader()
+        self._write_csv()
         self.e2e: List[dict] = []
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
-        with self.csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow({**asdict(row), "device": self.meta["device"]})
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        with atomic_write(self.csv_path, "w") as f:
+            writer = csv.DictWriter(f, self.fields)
+            writer.writeheader()
+            writer.writerows({**asdict(r), "device": self.meta["device"]} for r in self.rows)
 
     def write_json(self, summary: dict) -> Path:
         path = self.out_dir / "gpu_layers.json"
-        path.write_text(json.dumps({"meta": self.meta, "summary": summary, "e2e": self.e2e,
-                                    "rows": [asdict(r) for r in self.rows]}, indent=1, default=str))
+        with atomic_write(path, "w") as f:
+            json.dump({"meta": self.meta, "summary": summary, "e2e": self.e2e,
+                       "rows": [asdict(r) for r in self.rows]}, f, indent=1, default=str)
         return path
 
 

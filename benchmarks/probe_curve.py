@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from mtd.models import load_model
     from mtd.planner import CompressConfig
     from mtd.planner.compress import _Run  # the library's own steps, not a re-implementation
-    from mtd.planner.data_adapter import as_planning_data
+    from mtd.data.adapter import as_planning_data
     from mtd.planner.select import assignment_path
     from mtd.planner.sensitivity import score_loader
 

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from mtd.models import load_model
-    from mtd.planner.data_adapter import as_planning_data
+    from mtd.data.adapter import as_planning_data
     from mtd.train.teacher_cache import CachedTeacher
 
     torch.manual_seed(args.seed)

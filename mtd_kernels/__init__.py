@@ -4,8 +4,9 @@ Importing is safe on any machine: no GPU is queried, Triton is optional, and a m
 extension only means the CPU ops run their (warned-about) pure-PyTorch implementation.
 
 On CPU each op chooses per call shape between its fused kernel and the unfused chain of oneDNN
-convolutions, by timing both on the first call of that shape (``MTD_CPU_PATH=fused|chain|auto``
-forces a path; :func:`cpu_path_cache` shows the choices).
+convolutions, by timing both on the first call of that shape (``MTD_CPU_KERNELS=fused|chain|auto``
+forces one, ``MTD_CPU_PATH`` is its old name; :func:`cpu_path_cache` shows the choices). On CUDA
+``MTD_CUDA_KERNELS`` picks Triton, the hand-written kernels or the chain (:mod:`.dispatch`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from ._loader import extension_error, load_extension
 from ._register import register_all, register_cpu_fallbacks
-from .dispatch import cuda_backend, set_cuda_backend
+from .dispatch import cuda_backend, cuda_kernels, set_cuda_backend, set_cuda_kernels
 from .ops._chain import pair
 
 register_all()  # defines the schemas: must come before the extension registers its CPU kernels
@@ -30,7 +31,7 @@ def extension_available() -> bool:
 
 
 def cpu_path_cache() -> dict:
-    """{shape key: 'fused' | 'chain'}: the CPU path each call shape measured fastest (see ``MTD_CPU_PATH``)."""
+    """{shape key: 'fused' | 'chain'}: the CPU path each call shape measured fastest (see ``MTD_CPU_KERNELS``)."""
     return dict(_ext.cpu_path_cache()) if _ext is not None else {}
 
 
@@ -72,5 +73,6 @@ def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, 
 
 __all__ = [
     "cp_conv2d", "cp4_conv2d", "tucker_conv2d", "extension_available", "cuda_extension_available",
-    "extension_error", "cuda_backend", "set_cuda_backend", "cpu_path_cache", "clear_cpu_path_cache",
+    "extension_error", "cuda_kernels", "set_cuda_kernels", "cuda_backend", "set_cuda_backend", "cpu_path_cache",
+    "clear_cpu_path_cache",
 ]

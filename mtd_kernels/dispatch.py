@@ -1,6 +1,7 @@
-"""Chooses the CUDA implementation of each op: Triton, the hand-written CUDA kernels, or the chain.
+"""Chooses the CUDA kernels of each op: Triton, the hand-written CUDA kernels, or the chain.
 
-``MTD_CUDA_BACKEND=auto|triton|cuda|torch`` (or :func:`set_cuda_backend`) overrides the choice;
+``MTD_CUDA_KERNELS=auto|triton|cuda|torch`` (or :func:`set_cuda_kernels`) overrides the choice
+(``MTD_CUDA_BACKEND`` / :func:`set_cuda_backend`, the old names, still work);
 ``auto`` takes the first of :data:`AUTO_ORDER` that can run the op at the input's dtype, else the
 chain.  An explicitly chosen backend that cannot run a dtype (neither fused backend has a float64
 kernel) gives the chain.  The choice is made once per (backend, op, dtype) and cached.  Nothing
@@ -24,23 +25,32 @@ _BACKENDS = ("auto", "triton", "cuda", "torch")
 AUTO_ORDER = ("triton", "cuda")
 # dtypes both fused CUDA backends implement
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ENV_NAMES = ("MTD_CUDA_KERNELS", "MTD_CUDA_BACKEND")  # the first set wins; the second is the old name
 _override: Optional[str] = None
 
 
-def set_cuda_backend(name: Optional[str]) -> None:
-    """Force a CUDA backend for all ops (None restores the environment/default choice)."""
+def set_cuda_kernels(name: Optional[str]) -> None:
+    """Force the CUDA kernels of all ops (None restores the environment/default choice)."""
     global _override
     if name is not None and name not in _BACKENDS:
-        raise ValueError(f"unknown CUDA backend {name!r}; choose one of {_BACKENDS}")
+        raise ValueError(f"unknown CUDA backend {name!r} (CUDA kernels); choose one of {_BACKENDS}")
     _override = name
 
 
-def cuda_backend() -> str:
-    """The CUDA backend setting in force: :func:`set_cuda_backend`, else ``MTD_CUDA_BACKEND``, else auto."""
-    name = _override or os.environ.get("MTD_CUDA_BACKEND", "auto").lower()
+def cuda_kernels() -> str:
+    """The CUDA kernel setting in force: :func:`set_cuda_kernels`, else ``MTD_CUDA_KERNELS`` (or the old
+    ``MTD_CUDA_BACKEND``), else auto."""
+    if _override:
+        return _override
+    env = next((n for n in ENV_NAMES if os.environ.get(n)), None)
+    name = os.environ[env].lower() if env else "auto"
     if name not in _BACKENDS:
-        raise ValueError(f"MTD_CUDA_BACKEND={name!r} is not one of {_BACKENDS}")
+        raise ValueError(f"{env}={name!r} is not one of {_BACKENDS}")
     return name
+
+
+set_cuda_backend = set_cuda_kernels  # the old names
+cuda_backend = cuda_kernels
 
 
 def cuda_kernel(op: str, dtype: torch.dtype = torch.float32) -> Optional[Callable]:
@@ -48,7 +58,7 @@ def cuda_kernel(op: str, dtype: torch.dtype = torch.float32) -> Optional[Callabl
 
     A kernel takes the op's arguments ``(x, *weights, bias, stride, padding, dilation, relu)``.
     """
-    return resolve(cuda_backend(), op, dtype)
+    return resolve(cuda_kernels(), op, dtype)
 
 
 @functools.lru_cache(maxsize=None)

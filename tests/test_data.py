@@ -149,7 +149,8 @@ def test_jpeg_tree_approximately(tmp_path, cache):
     assert np.abs(data.test_x[0].astype(int) - x[1].astype(int)).mean() > 10  # and not some other picture
 
 
-@pytest.mark.parametrize("mode,suffix,arcname", [("w:gz", ".tar.gz", "."), ("w", ".tar", "cifar10")])
+@pytest.mark.parametrize("mode,suffix,arcname", [("w:gz", ".tar.gz", "."), ("w", ".tar", "cifar10"),
+                                                  ("w:bz2", ".tar.bz2", "."), ("w:xz", ".tar.xz", ".")])
 def test_tar_of_tree_matches_folder(tmp_path, cache, mode, suffix, arcname):
     write_tree(tmp_path / "tree", ["dog", "cat"], per_class=2)
     (tmp_path / "tree" / "train" / "cat" / "notes.txt").write_text("not an image")  # ignored, like ImageFolder
@@ -376,7 +377,7 @@ def test_loader_input_errors():
 # ----------------------------------------------------------------------------- planner data adapter
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset  # noqa: E402
 
-from mtd.planner.data_adapter import as_planning_data  # noqa: E402
+from mtd.data.adapter import as_planning_data  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -223,7 +223,7 @@ def test_restart_after_divergence(rng, monkeypatch):
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise cp_als_module._Diverged("NaN/Inf in the factors at sweep 3")
+            raise cp_als_module.Diverged("NaN/Inf in the factors at sweep 3")
         return real_run(*args, **kwargs)
 
     monkeypatch.setattr(cp_als_module, "_als_run", flaky)

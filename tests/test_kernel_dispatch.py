@@ -118,6 +118,18 @@ def test_cuda_choice_falls_back_to_the_chain(fake_backends, monkeypatch):
         dispatch.cuda_kernel("cp_conv2d")
 
 
+def test_cuda_kernels_names_and_their_old_aliases(fake_backends, monkeypatch):
+    monkeypatch.setenv("MTD_CUDA_BACKEND", "tpu")  # the old name is read only when the new one is unset
+    monkeypatch.setenv("MTD_CUDA_KERNELS", "cuda")
+    assert dispatch.cuda_kernels() == dispatch.cuda_backend() == "cuda"
+    assert dispatch.cuda_kernel("cp_conv2d", torch.float16)() == ("cuda", "cp_conv2d")
+    monkeypatch.setenv("MTD_CUDA_KERNELS", "tpu")
+    with pytest.raises(ValueError, match="MTD_CUDA_KERNELS='tpu'"):
+        dispatch.cuda_kernels()
+    mtd_kernels.set_cuda_kernels("torch")  # the setter overrides both variables
+    assert mtd_kernels.cuda_backend() == "torch" and dispatch.set_cuda_backend is dispatch.set_cuda_kernels
+
+
 # ---- the CPU op's per-shape choice between the fused kernel and the chain ------------------------------
 def _cp_args(n=2, s=16, r=8, t=24, hw=(10, 9), channels_last=True):
     gen = torch.Generator().manual_seed(0)
@@ -196,4 +208,18 @@ def test_cpu_path_env_is_checked(monkeypatch):
     x, weights, bias = _cp_args()
     monkeypatch.setenv("MTD_CPU_PATH", "fastest")
     with pytest.raises(ValueError, match="MTD_CPU_PATH"):
+        mtd_kernels.cp_conv2d(x, *weights, bias, padding=1)
+
+
+@needs_extension
+def test_cpu_kernels_env_wins_over_its_old_name(fresh_cache, monkeypatch):
+    x, weights, bias = _cp_args()
+    monkeypatch.setenv("MTD_CPU_PATH", "fastest")  # invalid, but not read: the new name is set
+    monkeypatch.setenv("MTD_CPU_KERNELS", "chain")
+    with torch.no_grad():
+        out = mtd_kernels.cp_conv2d(x, *weights, bias, padding=1)
+    torch.testing.assert_close(out, reference.cp_conv2d_ref(x, *weights, bias, padding=1), rtol=1e-4, atol=1e-4)
+    assert mtd_kernels.cpu_path_cache() == {}  # forced: nothing measured
+    monkeypatch.setenv("MTD_CPU_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="MTD_CPU_KERNELS=fastest"):
         mtd_kernels.cp_conv2d(x, *weights, bias, padding=1)

@@ -48,11 +48,17 @@ std::unordered_map<Key, Entry, KeyHash>& cache() {
 enum class Forced { Auto, Fused, Chain };
 
 Forced forced_path() {
-  const char* env = std::getenv("MTD_CPU_PATH");
+  // MTD_CPU_KERNELS, or MTD_CPU_PATH (its old name) when that is unset
+  const char* name = "MTD_CPU_KERNELS";
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') {
+    name = "MTD_CPU_PATH";
+    env = std::getenv(name);
+  }
   if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return Forced::Auto;
   if (std::strcmp(env, "fused") == 0) return Forced::Fused;
   if (std::strcmp(env, "chain") == 0) return Forced::Chain;
-  TORCH_CHECK_VALUE(false, "MTD_CPU_PATH=", env, " is not one of auto, fused, chain");
+  TORCH_CHECK_VALUE(false, name, "=", env, " is not one of auto, fused, chain");
 }
 
 Key make_key(const char* op, const at::Tensor& x, at::TensorList weights, bool has_bias, at::IntArrayRef stride,

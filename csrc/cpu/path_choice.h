@@ -2,8 +2,8 @@
 //
 // Neither path wins everywhere (the chain's oneDNN convs are faster on some large-batch shapes), so
 // the first call of each shape times both a few times and caches the faster one; later calls with
-// that shape run it directly. MTD_CPU_PATH=fused|chain forces a path (tests, benchmarks); unset or
-// "auto" measures. The key holds everything that changes the timing: op, input sizes, layout and
+// that shape run it directly. MTD_CPU_KERNELS=fused|chain (old name MTD_CPU_PATH) forces a path (tests,
+// benchmarks); unset or "auto" measures. The key holds everything that changes the timing: op, input sizes, layout and
 // dtype, factor sizes, stride/padding/dilation, bias/ReLU and the intra-op thread count.
 #pragma once
 

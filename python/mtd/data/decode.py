@@ -18,13 +18,12 @@ _CHUNK = 2000  # images per pool task: large enough to amortise pickling, small 
 def decode_one(name: str, data: bytes, size: Tuple[int, int] = (32, 32)) -> np.ndarray:
     """Decode one image to ``(H, W, 3)`` uint8 RGB; ValueError naming ``name`` if unreadable or of wrong size."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            if image.size != size:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size is known undecoded
+            if image.size != size:  # checked first, so a small file claiming a huge image is never decoded
                 raise ValueError(f"image {name!r} is {image.size[0]}x{image.size[1]} pixels; "
                                  f"expected {size[0]}x{size[1]} (CIFAR-sized images)")
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot decode image {name!r}: {err}") from err
 
 

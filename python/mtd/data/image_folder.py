@@ -13,6 +13,7 @@ import numpy as np
 
 from .arrays import CIFAR10_CLASSES, CIFAR10Arrays
 from .decode import IMAGE_EXTENSIONS, decode_images
+from .limits import DEFAULT_LIMITS, ReadBudget, ReadLimits
 
 SPLITS = ("train", "test")
 # (split, class name, display name, encoded bytes)
@@ -31,29 +32,49 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def image_member(path: str) -> Optional[Tuple[str, str]]:
+    """``(split, class)`` of an archive member ``[prefix/]split/class/image``, or None for anything else."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if len(parts) == 4 and parts[1] in SPLITS:  # one top-level folder around train/ and test/
+        parts = parts[1:]
+    if len(parts) == 3 and parts[0] in SPLITS and _is_image(parts[2]):
+        return parts[0], parts[1]
+    return None
+
+
 def entries_from_members(members: Dict[str, bytes], where: str) -> List[Entry]:
     """Pick ``[prefix/]split/class/file`` images out of an archive's ``{path: bytes}``."""
     entries: List[Entry] = []
     for path, data in members.items():
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        if len(parts) == 4 and parts[1] in SPLITS:  # one top-level folder around train/ and test/
-            parts = parts[1:]
-        if len(parts) == 3 and parts[0] in SPLITS and _is_image(parts[2]):
-            entries.append((parts[0], parts[1], f"{where}:{path}", data))
+        found = image_member(path)
+        if found is not None:
+            entries.append((*found, f"{where}:{path}", data))
     return entries
 
 
-def entries_from_folder(root: Path) -> List[Entry]:
-    """Read every ``root/split/class/image`` file's bytes."""
+def _listing(folder: Path, budget: ReadBudget) -> List[str]:
+    """Sorted file names of ``folder``, counted as they are listed (a huge folder stops at the limit)."""
+    names = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            budget.take_member()
+            names.append(entry.name)
+    return sorted(names)
+
+
+def entries_from_folder(root: Path, limits: ReadLimits = DEFAULT_LIMITS) -> List[Entry]:
+    """Read every ``root/split/class/image`` file's bytes (within ``limits``; other files are not read)."""
+    budget = ReadBudget(str(root), limits)
     entries: List[Entry] = []
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            for file in sorted(os.listdir(class_dir)):
-                if _is_image(file):
-                    path = class_dir / file
+            for file in _listing(class_dir, budget):
+                path = class_dir / file
+                if _is_image(file) and path.is_file():
+                    budget.take_bytes(path.stat().st_size, str(path))
                     entries.append((split, class_dir.name, str(path), path.read_bytes()))
     return entries
 

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from ._weights import WeightLike, conv_kernel, rel_error, to_tensor
-from .cp_als import ALSResult, balanced_factors, cp_als, reconstruct
+from .cp_als import balanced_factors, cp_als, reconstruct
+from .cp_result import ALSResult
 from .engines import DEFAULT_ENGINE, check_engine
 from .factors import CP4Factors, CPFactors
 from .ranks import check_cp_rank

@@ -30,12 +30,13 @@ of 2 (4) seeded starts brings that to 6/64 (2/64) at 2.3x (4.6x) the time, not t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorly as tl
 
+from . import tensorly_engine
+from .cp_result import ALSResult, Diverged, normalized
 from .engines import DEFAULT_ENGINE, check_engine, numpy_backend
 
 InitSpec = Union[str, Sequence[np.ndarray]]
@@ -43,18 +44,6 @@ InitSpec = Union[str, Sequence[np.ndarray]]
 
 class CPDecompositionError(RuntimeError):
     """Every CP-ALS attempt (initial one and seeded restarts) diverged or produced NaN/Inf."""
-
-
-class _Diverged(Exception):
-    pass
-
-
-@dataclass
-class ALSResult:
-    factors: List[np.ndarray]  # mode n: (I_n, R), columns of unit norm
-    weights: np.ndarray  # (R,) component norms
-    rel_error: float  # from the cheap Gram-based formula; recomputed exactly by callers
-    n_iter: int
 
 
 def balanced_factors(result: ALSResult) -> List[np.ndarray]:
@@ -227,13 +216,6 @@ class _Mttkrp:
         return np.einsum(expr, y, *[factors[m] for m in small], optimize=True)  # (I_mode, R)
 
 
-def _normalized(raw: Sequence[np.ndarray]):
-    """Unit-norm columns and the product of the column norms as weights."""
-    norms = [np.linalg.norm(f, axis=0) for f in raw]
-    factors = [f / np.where(n > 0, n, 1.0) for f, n in zip(raw, norms)]
-    return factors, np.prod(norms, axis=0)
-
-
 def _error(mttkrp: "_Mttkrp", norm_x: float, factors, weights, grams, m_last=None) -> float:
     """||X - X_hat|| / ||X|| from ||X||^2 - 2 <X, X_hat> + ||X_hat||^2 (one MTTKRP, no reconstruction)."""
     if m_last is None:
@@ -272,16 +254,16 @@ def _als_run(mttkrp: _Mttkrp, norm_x: float, init: List[np.ndarray], n_iter_max:
             factors[mode] = new / np.where(weights > 0, weights, 1.0)
             grams[mode] = factors[mode].T @ factors[mode]
         if not (np.isfinite(weights).all() and all(np.isfinite(f).all() for f in factors)):
-            raise _Diverged(f"NaN/Inf in the factors at sweep {it}")
+            raise Diverged(f"NaN/Inf in the factors at sweep {it}")
         if weights.max() > max_norm_ratio * norm_x:
-            raise _Diverged(
+            raise Diverged(
                 f"diverging component norms at sweep {it} (largest {weights.max():.3g} vs ||W|| = {norm_x:.3g})"
             )
         err = _error(mttkrp, norm_x, factors, weights, grams, m_mode)
         current = factors[:-1] + [factors[-1] * weights]  # weights folded into the last mode
         if previous is not None and it > 2:
             step = it ** (1.0 / n)
-            cand, cand_w = _normalized([c + step * (c - p) for c, p in zip(current, previous)])
+            cand, cand_w = normalized([c + step * (c - p) for c, p in zip(current, previous)])
             if np.isfinite(cand_w).all() and cand_w.max() <= max_norm_ratio * norm_x:
                 cand_grams = [f.T @ f for f in cand]
                 cand_err = _error(mttkrp, norm_x, cand, cand_w, cand_grams)
@@ -329,8 +311,6 @@ def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max:
     else:
         first = adapt_init(init, shape, rank, rng)
     if engine == "tensorly":
-        from . import tensorly_engine  # imported late: it builds on this module
-
         def attempt_run(start):
             return tensorly_engine.parafac_run(tensor, norm_x, rank, start, n_iter_max, tol, max_norm_ratio, seed)
     else:
@@ -345,7 +325,7 @@ def cp_als(tensor: np.ndarray, rank: int, *, init: InitSpec = "svd", n_iter_max:
             start = random_init(shape, rank, np.random.default_rng([seed, attempt]))
         try:
             return attempt_run(start)
-        except _Diverged as exc:
+        except Diverged as exc:
             failures.append(f"attempt {attempt}: {exc}")
     raise CPDecompositionError(
         f"CP-ALS of a tensor of shape {shape} at rank {rank} failed in all {len(starts)} attempts "

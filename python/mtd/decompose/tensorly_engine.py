@@ -17,7 +17,7 @@ import numpy as np
 from tensorly.cp_tensor import CPTensor
 from tensorly.decomposition import parafac, partial_tucker
 
-from .cp_als import ALSResult, _Diverged, _normalized
+from .cp_result import ALSResult, Diverged, normalized
 from .engines import numpy_backend
 
 Start = Union[str, Sequence[np.ndarray]]  # "svd" (tensorly's own SVD init) or factors (I_n, R)
@@ -57,7 +57,7 @@ class _SweepMonitor:
 def parafac_run(tensor: np.ndarray, norm_x: float, rank: int, start: Start, n_iter_max: int, tol: float,
                 max_norm_ratio: float, seed: int) -> ALSResult:
     """One ``tensorly.decomposition.parafac`` attempt (with tensorly's line search, which gets ALS
-    out of slow "swamps" like the in-house one); raises ``_Diverged`` on NaN/Inf, diverging norms or
+    out of slow "swamps" like the in-house one); raises ``Diverged`` on NaN/Inf, diverging norms or
     a singular ALS system.  ``start``: factors (I_n, R), or "svd" for tensorly's own SVD init, allowed
     only for ``rank`` <= every mode's size (above it tensorly warns and fills randomly)."""
     if isinstance(start, str) and (start != "svd" or rank > min(tensor.shape)):
@@ -71,16 +71,16 @@ def parafac_run(tensor: np.ndarray, norm_x: float, rank: int, start: Start, n_it
             cp, errors = parafac(tensor, rank, n_iter_max=n_iter_max, init=init, tol=0, return_errors=True,
                                  callback=monitor, random_state=seed, normalize_factors=False, linesearch=True)
         except np.linalg.LinAlgError as exc:  # singular normal equations: degenerate components
-            raise _Diverged(f"singular ALS system at sweep {monitor.sweeps + 1} ({exc})") from exc
+            raise Diverged(f"singular ALS system at sweep {monitor.sweeps + 1} ({exc})") from exc
     if monitor.failure:
-        raise _Diverged(monitor.failure)
+        raise Diverged(monitor.failure)
     weights, factors = cp
     raw = [np.asarray(factors[0]) * np.asarray(weights)] + [np.asarray(f) for f in factors[1:]]
-    unit, norms = _normalized(raw)  # weights were all ones: now unit columns and the component norms
+    unit, norms = normalized(raw)  # weights were all ones: now unit columns and the component norms
     if not (np.isfinite(norms).all() and all(np.isfinite(f).all() for f in unit)):
-        raise _Diverged(f"NaN/Inf in the factors after sweep {monitor.sweeps}")
+        raise Diverged(f"NaN/Inf in the factors after sweep {monitor.sweeps}")
     if norms.max() > max_norm_ratio * norm_x:
-        raise _Diverged(f"diverging component norms after sweep {monitor.sweeps} "
+        raise Diverged(f"diverging component norms after sweep {monitor.sweeps} "
                         f"(largest {norms.max():.3g} vs ||W|| = {norm_x:.3g})")
     return ALSResult(unit, norms, float(errors[-1]) if errors else float("nan"), monitor.sweeps)
 

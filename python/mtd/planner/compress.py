@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import methods
+from ..data.adapter import as_planning_data
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
@@ -37,7 +38,6 @@ from ..utils import pick_device, progress_bar, seed_everything
 from .baselines import RANK_RULES
 from .candidates import Candidate
 from .config import CompressConfig
-from .data_adapter import as_planning_data
 from .factor_cache import DecompositionSettings, FactorCache
 from .layer_factory import build_layer, set_backend
 from .options import load_options, record_io_shapes, save_options, score_key, score_options, warm_chain

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -96,25 +98,48 @@ def score_key(model: nn.Module, layers: list[str], parts: dict) -> str:
     return h.hexdigest()[:24]
 
 
+_SCORES_FORMAT = "mtd-scores"
+
+
 def save_options(path: Path, options: dict[str, list[Scored]]) -> None:
     """Write scored options as JSON (atomically): a later run with the same key skips the scoring."""
     data = {name: [dict(dataclasses.asdict(s), candidate=dataclasses.asdict(s.candidate)) for s in opts]
             for name, opts in options.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as f:
-        json.dump(data, f)
+        json.dump({"format": _SCORES_FORMAT, "key": path.stem, "layers": data}, f)
 
 
 def load_options(path: Path) -> Optional[dict[str, list[Scored]]]:
-    """Options written by :func:`save_options` (older ones with ``flops`` for ``macs`` too), or None if absent or
-    unreadable (then they are re-scored)."""
+    """Options written by :func:`save_options` to ``path``, or None if absent; a file that is unreadable,
+    foreign (another format or key) or holds ill-typed scores gives a warning and None (re-scored)."""
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text())
-        return {name: [_scored(s) for s in opts] for name, opts in data.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if not isinstance(data, dict) or data.get("format") != _SCORES_FORMAT or data.get("key") != path.stem:
+            raise ValueError(f"not an {_SCORES_FORMAT} file written for {path.stem!r}")
+        return {name: [_scored(s) for s in opts] for name, opts in data["layers"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        warnings.warn(f"ignoring unusable candidate-score cache {path} ({type(err).__name__}: {err}); "
+                      "scoring again", stacklevel=2)
         return None
 
 
-def _scored(d: dict) -> Scored:
-    fields = {("macs" if k == "flops" else k): v for k, v in d.items()}  # "flops" before mtd renamed it (#19)
-    return Scored(**dict(fields, candidate=Candidate(d["candidate"]["method"], tuple(d["candidate"]["ranks"]))))
+def _scored(entry: dict) -> Scored:
+    """One :class:`Scored` from its JSON, every number checked against the field's type."""
+    hints = typing.get_type_hints(Scored)
+    entry = {("macs" if k == "flops" else k): v for k, v in entry.items()}  # "flops" before mtd renamed it (#19)
+    cand = entry["candidate"]
+    if not isinstance(cand["method"], str) or not all(type(r) is int and r > 0 for r in cand["ranks"]):
+        raise ValueError(f"bad candidate {cand!r}")
+    values = {}
+    for f in dataclasses.fields(Scored):
+        if f.name == "candidate":
+            continue
+        value = entry[f.name]
+        allowed = (int,) if hints[f.name] is int else (int, float)
+        if type(value) not in allowed:
+            raise ValueError(f"{f.name}={value!r} is not a {hints[f.name].__name__}")
+        values[f.name] = value
+    return Scored(Candidate(cand["method"], tuple(cand["ranks"])), **values)

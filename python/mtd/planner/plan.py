@@ -83,16 +83,19 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
-        if not isinstance(d, dict) or "layers" not in d:
+        """The plan of :meth:`to_dict`'s output; ValueError for anything else (wrong or missing fields)."""
+        if not isinstance(d, dict) or not isinstance(d.get("layers"), list):
             raise ValueError("not an mtd plan: expected a JSON object with a 'layers' list")
         version = d.get("format_version", PLAN_FORMAT_VERSION)
-        if version > PLAN_FORMAT_VERSION:
-            raise ValueError(f"plan format version {version} is newer than this mtd ({PLAN_FORMAT_VERSION})")
-        layer_fields = {f.name for f in dataclasses.fields(LayerPlan)}
-        layers = [LayerPlan(**{_RENAMED.get(k, k): v for k, v in l.items() if _RENAMED.get(k, k) in layer_fields})
-                  for l in d["layers"]]
-        plan_fields = {f.name for f in dataclasses.fields(cls)} - {"layers"}
-        return cls(layers=layers, **{k: v for k, v in d.items() if k in plan_fields})
+        if not isinstance(version, int) or version > PLAN_FORMAT_VERSION:
+            raise ValueError(f"plan format version {version!r} is not one this mtd reads (<= {PLAN_FORMAT_VERSION})")
+        layers = []
+        for i, l in enumerate(d["layers"]):
+            if not isinstance(l, dict):
+                raise ValueError(f"not an mtd plan: layer {i} is a {type(l).__name__}, not an object")
+            l = {_RENAMED.get(k, k): v for k, v in l.items()}  # older field names
+            layers.append(LayerPlan(**_checked_fields(LayerPlan, l, f"layer {l.get('name', i)!r}")))
+        return cls(layers=layers, **_checked_fields(cls, d, "plan"))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON atomically (temp file in the same folder, then rename)."""
@@ -111,6 +114,40 @@ class Plan:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data)
+
+
+_NO_DEFAULT_TYPES = {"model_name": (str, type(None)), "model_kwargs": (dict,)}  # other fields without one: str
+
+
+def _json_types(f: dataclasses.Field) -> tuple:
+    """The JSON types field ``f`` may hold: those of its default (a float field takes ints too)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return (type(f.default_factory()),)
+    if f.default is dataclasses.MISSING:
+        return _NO_DEFAULT_TYPES.get(f.name, (str,))
+    if f.default is None:
+        return (dict, type(None))
+    return (int, float) if isinstance(f.default, float) else (type(f.default),)
+
+
+def _checked_fields(kind: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """The entries of ``values`` that are fields of the dataclass ``kind``, each checked against the JSON
+    types of :func:`_json_types` (lists: of ints), so a foreign or hand-edited file fails here."""
+    out = {}
+    for f in dataclasses.fields(kind):
+        if f.name == "layers":
+            continue
+        if f.name not in values:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"not an mtd plan: {where} has no {f.name!r}")
+            continue
+        value, types = values[f.name], _json_types(f)
+        ints = not isinstance(value, list) or all(type(v) is int for v in value)
+        if not isinstance(value, types) or isinstance(value, bool) or not ints:
+            raise ValueError(f"not an mtd plan: {where} has {f.name}={value!r}, expected "
+                             f"{' or '.join(t.__name__ for t in types)}{' of ints' if list in types else ''}")
+        out[f.name] = value
+    return out
 
 
 def current_versions() -> dict[str, str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..planner.plan import Plan
+from ..utils import atomic_write
 
 METHOD_COLOURS = {"dense": "#9e9e9e", "cp": "#1f77b4", "cp4": "#17becf", "tucker": "#ff7f0e", "svd": "#2ca02c"}
 
@@ -17,6 +18,18 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG atomically (a killed run leaves the old image or none) and close it."""
+    path = Path(path)
+    fig.tight_layout()
+    try:
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def plot_accuracy_vs_ratio(points: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
@@ -43,12 +56,7 @@ def plot_accuracy_vs_ratio(points: Sequence[dict], path: str | os.PathLike, titl
     ax.set_title(title or "accuracy vs compression")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_layer_methods(plan: Plan, path: str | os.PathLike) -> Path:
@@ -68,9 +76,4 @@ def plot_layer_methods(plan: Plan, path: str | os.PathLike) -> Path:
     ax.set_title(f"per-layer methods and ranks ({plan.method})")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in METHOD_COLOURS.values()]
     ax.legend(handles, list(METHOD_COLOURS), fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -1,4 +1,4 @@
-"""Accept the planner's data in the forms users have, without guessing how to normalise it.
+"""Adapt the planner's data from the forms users have, without guessing how to normalise it.
 
 Accepted (training or validation data):
 
@@ -22,6 +22,9 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+
+from .arrays import CIFAR10_MEAN, CIFAR10_STD
+from .loader import TensorDataLoader
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x float (N, C, H, W) normalised, y int64 (N,)) on the device
 
@@ -58,8 +61,6 @@ class ArrayData(PlanningData):
     def loader(self, indices, batch_size, *, train, device, seed=0):
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if self.mean is not None:  # uint8
-            from ..data import TensorDataLoader
-
             return TensorDataLoader(self.images[np.asarray(indices)], self.labels[idx], batch_size=batch_size,
                                     train=train, augment=train and self.augment, device=device, seed=seed,
                                     mean=self.mean, std=self.std)
@@ -140,8 +141,6 @@ def as_planning_data(data: Any, *, mean: Optional[Sequence[float]] = None,
     if isinstance(data, Dataset):
         return _from_dataset(data, norm)
     if hasattr(data, "train_x") and hasattr(data, "train_y"):  # CIFAR10Arrays: the known data set
-        from ..data import CIFAR10_MEAN, CIFAR10_STD
-
         return _from_arrays(data.train_x, data.train_y, norm or (CIFAR10_MEAN, CIFAR10_STD), augment=True)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return _from_arrays(*data, norm, augment=False)

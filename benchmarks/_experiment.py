@@ -1,12 +1,12 @@
-"""The CIFAR benchmark pipeline shared by ``benchmarks/cifar_cpu.py`` and ``benchmarks/cifar_gpu.py``.
+"""The CIFAR-10 experiment runner of the benchmarks (``cifar_cpu.py``, ``cifar_cpu_full.py``, ``cifar_gpu.py``).
 
-Train a baseline, compress it with MTD (and baselines), fine-tune, evaluate on the TEST split, measure
-latency, and write a JSON + Markdown results table.
+Its steps — train a baseline, fine-tune the dense control, compress (MTD or a baseline method) and score on
+the TEST split — are what every CIFAR benchmark runs; :func:`run_experiment` chains them with latency
+measurements for ``cifar_gpu.py``, while the CPU benchmarks run their own resumable sequence of the same steps.
 """
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import socket
 import time
@@ -16,8 +16,6 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-
-from ..utils import atomic_write
 
 
 @dataclass
@@ -65,30 +63,73 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_accuracy(model: nn.Module, test) -> float:
+    """Top-1 accuracy (%) of ``model`` on the loader ``test``."""
+    from mtd.train import evaluate
+
+    return 100.0 * evaluate(model, test)["accuracy"]
+
+
+def train_baseline(arrays, model_name: str, width: float, *, epochs: int, lr: float, batch_size: int, seed: int,
+                   device: torch.device, channels_last: bool = False, progress: bool = True) -> nn.Module:
+    """A registry model trained from scratch on ``arrays``' training split (eval mode, contiguous weights)."""
+    from mtd.data import TensorDataLoader
+    from mtd.models import build_model
+    from mtd.train import train
+
+    model = build_model(model_name, num_classes=len(arrays.classes), width=width).to(device)
+    loader = TensorDataLoader(arrays.train_x, arrays.train_y, batch_size, train=True, device=device,
+                              channels_last=channels_last, seed=seed)
+    train(model, loader, epochs=epochs, lr=lr, seed=seed, progress=progress, channels_last=channels_last)
+    return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def finetune_control(baseline: nn.Module, arrays, *, epochs: int, seed: int, device: Any = "cpu") -> nn.Module:
+    """The dense control: a copy of ``baseline`` through the compressed models' fine-tuning (distilled from
+    itself, all training images), which separates what fine-tuning alone gains from what compression loses."""
+    from mtd.data import TensorDataLoader
+    from mtd.train.finetune import finetune
+
+    model = copy.deepcopy(baseline)
+    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=seed)
+    finetune(model, loader, epochs=epochs, lr=0.01, teacher=baseline, seed=seed)
+    return model.eval()
+
+
+def compress_and_test(baseline: nn.Module, arrays, test, *, device: torch.device, progress: bool = True,
+                      config=None, **overrides) -> tuple[nn.Module, Any, float, float]:
+    """``mtd.compress(baseline, arrays, config, **overrides)`` scored on ``test``:
+    ``(compressed, plan, test accuracy %, seconds of the compress call)``."""
+    from mtd.planner import compress
+
+    t0 = time.perf_counter()
+    compressed, plan = compress(baseline, arrays, config, device=device, progress=progress, **overrides)
+    seconds = time.perf_counter() - t0
+    acc = test_accuracy(compressed, test)
+    return compressed, plan, acc, seconds
+
+
 def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: Callable[[str], None] = print,
                    progress: bool = True) -> dict[str, Any]:
     """Run the whole benchmark; returns the results dict (also holds the plans)."""
-    from ..data import TensorDataLoader
-    from ..models import build_model
-    from ..planner import CandidateGrid, compress
-    from ..train import evaluate, train
+    from mtd.data import TensorDataLoader
+    from mtd.planner import CandidateGrid
 
     t_start = time.perf_counter()
-    on_gpu = device.type == "cuda"
     channels_last = True
     results: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items()}, "machine": machine_description(device),
                                "rows": [], "plans": {}}
     test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device, channels_last=channels_last)
-    train_loader = TensorDataLoader(arrays.train_x, arrays.train_y, cfg.batch_size, train=True, device=device,
-                                    channels_last=channels_last, seed=cfg.seed)
-    model = build_model(cfg.model, num_classes=len(arrays.classes), width=cfg.width).to(device)
     t0 = time.perf_counter()
-    train(model, train_loader, epochs=cfg.train_epochs, lr=cfg.train_lr, seed=cfg.seed, progress=progress,
-          channels_last=channels_last)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    base_acc = 100 * evaluate(model, test)["accuracy"]
-    results["baseline"] = {"accuracy": base_acc, "train_seconds": time.perf_counter() - t0,
-                           "params": sum(p.numel() for p in model.parameters())}
+    model = train_baseline(arrays, cfg.model, cfg.width, epochs=cfg.train_epochs, lr=cfg.train_lr,
+                           batch_size=cfg.batch_size, seed=cfg.seed, device=device, channels_last=channels_last,
+                           progress=progress)
+    base_acc = test_accuracy(model, test)
+    results["baseline"] = {"accuracy": base_acc, "train_seconds": time.perf_counter() - t0, "params": params(model)}
     log(f"baseline {cfg.model} w={cfg.width}: {base_acc:.2f}% after {cfg.train_epochs} epochs "
         f"({results['baseline']['train_seconds']:.0f} s)")
     dense_latency = _latencies(model, cfg, device)
@@ -109,17 +150,13 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
                 log(f"skipping {method}: it needs uniform_ratio or a compressing mtd row before it")
                 results["rows"].append({"method": method, "skipped": "no target ratio"})
                 continue
-        t0 = time.perf_counter()
         budget = None if method.endswith("-vbmf") else cfg.max_drop  # EVBMF baselines: the rule, not a promise
-        compressed, plan = compress(model, arrays, method=method, max_drop=budget, target_ratio=target_ratio,
-                                    calib_size=cfg.calib_size,
-                                    holdout_size=cfg.holdout_size, finetune_epochs=cfg.finetune_epochs,
-                                    finetune_lr=cfg.finetune_lr, device=device, seed=cfg.seed, progress=progress,
-                                    grid=grid, search_rounds=cfg.search_rounds, cp_n_iter_max=cfg.cp_n_iter_max,
-                                    finetune_batch_size=cfg.batch_size)
-        seconds = time.perf_counter() - t0
+        compressed, plan, acc, seconds = compress_and_test(
+            model, arrays, test, device=device, progress=progress, method=method, max_drop=budget,
+            target_ratio=target_ratio, calib_size=cfg.calib_size, holdout_size=cfg.holdout_size,
+            finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, seed=cfg.seed, grid=grid,
+            search_rounds=cfg.search_rounds, cp_n_iter_max=cfg.cp_n_iter_max, finetune_batch_size=cfg.batch_size)
         per_method_s = max(per_method_s or 0.0, seconds)
-        acc = 100 * evaluate(compressed, test)["accuracy"]
         plan.results["test"] = {"base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc}
         totals = plan.totals()
         row = {"method": method, "base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc,
@@ -137,7 +174,7 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
 
 def _latencies(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
     """{"b1": ms, "b256": ms, ...} on ``cfg.latency_device`` (``"same"`` = the experiment's device)."""
-    from ..report.latency import forward_latency_ms
+    from mtd.report.latency import forward_latency_ms
 
     dev = device if cfg.latency_device == "same" else torch.device(cfg.latency_device)
     m = copy.deepcopy(model).to(dev)
@@ -154,7 +191,7 @@ def _latencies(model: nn.Module, cfg: ExperimentConfig, device: torch.device) ->
 
 def results_markdown(results: dict[str, Any], title: str) -> str:
     """A Markdown table of the results (one row per method)."""
-    from .table import format_table
+    from mtd.report import format_table
 
     m = results["machine"]
     base = results["baseline"]
@@ -180,21 +217,3 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
         if not r.get("skipped"):
             lines.append(f"- {r['method']}: " + ", ".join(f"{k}={v}" for k, v in r["methods"].items()))
     return "\n".join(lines) + "\n"
-
-
-def write_results(results: dict[str, Any], out_dir: str | Path, stem: str, title: str) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` atomically."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    with atomic_write(js, "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    png = out_dir / f"{stem}_accuracy_vs_ratio.png"
-    points = [{"method": r["method"], "model_param_ratio": r["param_ratio"], "accuracy": r["accuracy"],
-               "base_accuracy": r["base_accuracy"]} for r in results["rows"] if not r.get("skipped")]
-    from .plots import plot_accuracy_vs_ratio
-
-    plot_accuracy_vs_ratio(points, png, title=title)
-    with atomic_write(md, "w") as f:
-        f.write(results_markdown(results, title) + f"\n![accuracy vs compression]({png.name})\n")
-    return js, md
