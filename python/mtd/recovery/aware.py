@@ -27,7 +27,8 @@ from ._weighted import (SigmaLike, WeightedKernel, kronecker_whiteners, reduced_
                         solve_psd, unwhiten_rows, whiten)
 
 DEFAULT_RIDGE = 1e-3  # Sigma + ridge * mean(diag Sigma) * I; see the measurements in the docstrings
-STARTS = ("whitened", "weights")
+STARTS = ("weights", "whitened")
+StartLike = Union[str, CPFactors, CP4Factors, TuckerFactors]
 
 
 def _weight_array(weight: Union[torch.Tensor, np.ndarray, nn.Module]) -> np.ndarray:
@@ -54,9 +55,17 @@ def _matrix(weight: Union[torch.Tensor, np.ndarray, nn.Module]) -> np.ndarray:
     return m
 
 
-def _check_start(start: str) -> None:
-    if start not in STARTS:
-        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+def _check_start(start, factor_type: type, rank) -> None:
+    """``start`` is one of STARTS or weight-only factors of ``factor_type`` at ``rank`` (reused, not recomputed)."""
+    if isinstance(start, factor_type):
+        got = start.ranks if factor_type is TuckerFactors else start.rank
+        if tuple(np.atleast_1d(got)) != tuple(np.atleast_1d(rank)):
+            raise ValueError(f"start factors have rank {got}, expected {rank}")
+    elif isinstance(start, str):
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS} or {factor_type.__name__}, got {start!r}")
+    else:
+        raise TypeError(f"start must be one of {STARTS} or {factor_type.__name__}, got {type(start).__name__}")
 
 
 def output_error(weight: WeightLike, approx: WeightLike, sigma: SigmaLike) -> float:
@@ -118,20 +127,25 @@ class _SpatialLastRefit:
         last = solve_psd(a_sigma_a, w_sigma_a)
         return last, self.problem.norm_sq - float(np.sum(last * w_sigma_a))
 
-    def spatial_for(self, last: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    def spatial_for(self, last: np.ndarray, maps: Optional[np.ndarray] = None) -> np.ndarray:
         """Best spatial factor ``spatial[r] = maps[r] @ theta[r]`` given ``last``; ``maps`` (R, K, P)
-        (the identity for CP3, one separable direction fixed for CP4).  Returns theta (R, P)."""
-        r, p = maps.shape[0], maps.shape[2]
-        hessian = np.einsum("rq,rkql,rka,qlb->raqb", last.T @ last, self.gram, maps, maps, optimize=True)
-        rhs = np.einsum("tr,trk,rka->ra", last, self.cross, maps, optimize=True)
+        (None: the identity, CP3; one separable direction fixed for CP4).  Returns theta (R, P)."""
+        hessian = (last.T @ last)[:, None, :, None] * self.gram  # (R, K, R, K)
+        rhs = np.einsum("tr,trk->rk", last, self.cross, optimize=True)  # (R, K)
+        if maps is not None:
+            hessian = np.einsum("rkql,rka,qlb->raqb", hessian, maps, maps, optimize=True)
+            rhs = np.einsum("rk,rka->ra", rhs, maps)
+        r, p = rhs.shape
         return solve_psd(hessian.reshape(r * p, r * p), rhs.reshape(1, -1)).reshape(r, p)
 
 
-def _cp_start(w4: np.ndarray, sigma: np.ndarray, rank: int, start: str, cp4: bool, cp_kwargs: dict):
+def _cp_start(w4: np.ndarray, sigma: np.ndarray, rank: int, start: StartLike, cp4: bool, cp_kwargs: dict):
     """Weight-only CP factors of W (``start='weights'``) or of the whitened W mapped back ('whitened';
     CP4 whitens the channel mode only: a K x K whitener would break the kh x kw separability)."""
     decompose = cp4_decompose_conv if cp4 else cp_decompose_conv
     t, s, kh, kw = w4.shape
+    if isinstance(start, (CPFactors, CP4Factors)):
+        return start
     if start == "weights":
         return decompose(w4, rank, **cp_kwargs)
     l_c, l_k = kronecker_whiteners(sigma, s, kh * kw)
@@ -154,7 +168,7 @@ def _one_by_one_cp(w4: np.ndarray, sigma: np.ndarray, rank: int) -> CPFactors:
                      last=to_tensor(last.reshape(t, rank, 1, 1)), rel_error=rel_error(w4, w_hat))
 
 
-def aware_cp(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: str = "whitened", refit_sweeps: int = 10,
+def aware_cp(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: StartLike = "weights", refit_sweeps: int = 10,
              tol: float = 1e-4, ridge: float = DEFAULT_RIDGE, **cp_kwargs) -> CPFactors:
     """Activation-aware CP3 of a (T, S, kh, kw) kernel at ``rank``: first (R, S, 1, 1), depthwise
     (R, 1, kh, kw), last (T, R, 1, 1) minimising the output error in the ``sigma`` norm.
@@ -171,10 +185,10 @@ def aware_cp(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: str = "w
     CP followed by ALS steps on two of its factors (equal error to ALS tolerance).
     Measured (benchmarks/results/bench_aware.md): see the ``cp`` rows there.
     """
-    _check_start(start)
     w4 = conv_kernel(weight)
     t, s, kh, kw = w4.shape
     rank = check_cp_rank(rank, w4.shape, "cp3")
+    _check_start(start, CPFactors, rank)
     sigma = resolve_sigma(sigma, s, (kh, kw), ridge)
     if kh * kw == 1:
         return _one_by_one_cp(w4, sigma, rank)
@@ -182,10 +196,9 @@ def aware_cp(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: str = "w
     first = start_factors.first.numpy().reshape(rank, s)
     spatial = start_factors.depthwise.numpy().reshape(rank, -1)
     refit = _SpatialLastRefit(WeightedKernel(w4.reshape(t, s, -1), sigma), first)
-    identity = np.broadcast_to(np.eye(kh * kw), (rank, kh * kw, kh * kw))
     last, err = refit.last_for(spatial)
     for _ in range(refit_sweeps):
-        spatial = refit.spatial_for(last, identity)
+        spatial = refit.spatial_for(last)
         last, new_err = refit.last_for(spatial)
         done = err - new_err <= tol * max(err, 0.0)
         err = new_err
@@ -198,17 +211,17 @@ def aware_cp(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: str = "w
                      n_iter=start_factors.n_iter)
 
 
-def aware_cp4(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: str = "whitened", refit_sweeps: int = 10,
+def aware_cp4(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: StartLike = "weights", refit_sweeps: int = 10,
               tol: float = 1e-4, ridge: float = DEFAULT_RIDGE, **cp_kwargs) -> CP4Factors:
     """Activation-aware CP4 of a (T, S, kh, kw) kernel: as :func:`aware_cp`, with the spatial factor
     kept separable (vertical (R, kh) x horizontal (R, kw)): each sweep re-solves vertical given
     horizontal, horizontal given vertical, then last, all exactly in the full Sigma norm.  The
     whitened start whitens the channel mode only.  Measured: see the ``cp4`` rows of bench_aware.md.
     """
-    _check_start(start)
     w4 = conv_kernel(weight)
     t, s, kh, kw = w4.shape
     rank = check_cp_rank(rank, w4.shape, "cp4")
+    _check_start(start, CP4Factors, rank)
     sigma = resolve_sigma(sigma, s, (kh, kw), ridge)
     start_factors = _cp_start(w4, sigma, rank, start, True, cp_kwargs)
     first = start_factors.first.numpy().reshape(rank, s)
@@ -247,7 +260,7 @@ def _tucker_output_side(problem: WeightedKernel, first: np.ndarray, r2: int):
     return u, core, problem.error_sq(w_hat)
 
 
-def aware_tucker2(weight: WeightLike, sigma: SigmaLike, ranks, *, start: str = "whitened", sweeps: int = 3,
+def aware_tucker2(weight: WeightLike, sigma: SigmaLike, ranks, *, start: StartLike = "weights", sweeps: int = 3,
                   ridge: float = DEFAULT_RIDGE, **tucker_kwargs) -> TuckerFactors:
     """Activation-aware Tucker-2 of a (T, S, kh, kw) kernel at ``ranks=(r1, r2)``: first (r1, S, 1, 1)
     (rows of unit norm), core (r2, r1, kh, kw), last (T, r2, 1, 1) (orthonormal columns).
@@ -260,14 +273,16 @@ def aware_tucker2(weight: WeightLike, sigma: SigmaLike, ranks, *, start: str = "
     follow and the best in the full Sigma norm is kept.  With Sigma = I: HOOI (equal error to its tol).
     Measured: see the ``tucker`` rows of bench_aware.md.
     """
-    _check_start(start)
     w4 = conv_kernel(weight)
     t, s, kh, kw = w4.shape
     r1, r2 = check_tucker_ranks(ranks, w4.shape)
+    _check_start(start, TuckerFactors, (r1, r2))
     sigma = resolve_sigma(sigma, s, (kh, kw), ridge)
     problem = WeightedKernel(w4.reshape(t, s, -1), sigma)
     l_c, l_k = kronecker_whiteners(sigma, s, kh * kw)
-    if start == "weights":
+    if isinstance(start, TuckerFactors):
+        first = start.first.numpy().reshape(r1, s)
+    elif start == "weights":
         first = tucker2_decompose_conv(w4, (r1, r2), **tucker_kwargs).first.numpy().reshape(r1, s)
     else:
         white = whiten(problem.w, l_c, l_k).reshape(w4.shape)
