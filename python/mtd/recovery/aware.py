@@ -16,9 +16,10 @@ Measured on full-width VGG11 (benchmarks/results/bench_aware.md: 8 convs x CP3 8
 0.25/0.0625, one layer swapped at a time, 1024 calibration images): the held-out output error of the
 aware twin is 0.36-0.92x (median 0.63x) of the weight-only CP's and 0.37-0.99x (median 0.57x) of
 Tucker-2's; test accuracy (2000 images, dense 82.15%) up by up to 15.0 points (CP, features.8 32x:
-64.25 -> 79.25%) and 22.2 points (Tucker-2, features.8 0.0625: 52.05 -> 74.25%), within +-0.4
-(noise) where the weight-only layer already costs < 1 point, and down only on the 3-input-channel
-first conv at CP rank 1-2, which ruins both (18.2 -> 15.75%, 16.65 -> 13.3%).
+64.25 -> 79.25%) and 22.2 points (Tucker-2, features.8 0.0625: 52.05 -> 74.25%); higher in 8/16
+(CP) and 12/16 (Tucker-2) rows, at most 0.25 points lower elsewhere (rows where the weight-only layer
+already costs < 1 point) except on the 3-input-channel first conv at CP rank 1-2, which ruins both
+(18.2 -> 15.75%, 16.65 -> 13.3%).
 """
 from __future__ import annotations
 
