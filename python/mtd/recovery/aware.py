@@ -229,7 +229,8 @@ def aware_cp(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: StartLik
             break
     first, spatial, last_r = _balanced([first, spatial, last.T])
     w_hat = np.einsum("rt,rk,rs->tsk", last_r, spatial, first).reshape(w4.shape)
-    return CPFactors(first=to_tensor(first.reshape(rank, s, 1, 1)), depthwise=to_tensor(spatial.reshape(rank, 1, kh, kw)),
+    return CPFactors(first=to_tensor(first.reshape(rank, s, 1, 1)),
+                     depthwise=to_tensor(spatial.reshape(rank, 1, kh, kw)),
                      last=to_tensor(last_r.T.reshape(t, rank, 1, 1)), rel_error=rel_error(w4, w_hat),
                      n_iter=start_factors.n_iter)
 
@@ -270,8 +271,9 @@ def aware_cp4(weight: WeightLike, sigma: SigmaLike, rank: int, *, start: StartLi
     first, vert, horiz, last_r = _balanced([first, vert, horiz, last.T])
     w_hat = np.einsum("rt,ri,rj,rs->tsij", last_r, vert, horiz, first)
     return CP4Factors(first=to_tensor(first.reshape(rank, s, 1, 1)), vertical=to_tensor(vert.reshape(rank, 1, kh, 1)),
-                      horizontal=to_tensor(horiz.reshape(rank, 1, 1, kw)), last=to_tensor(last_r.T.reshape(t, rank, 1, 1)),
-                      rel_error=rel_error(w4, w_hat), n_iter=start_factors.n_iter)
+                      horizontal=to_tensor(horiz.reshape(rank, 1, 1, kw)),
+                      last=to_tensor(last_r.T.reshape(t, rank, 1, 1)), rel_error=rel_error(w4, w_hat),
+                      n_iter=start_factors.n_iter)
 
 
 def _tucker_output_side(problem: WeightedKernel, first: np.ndarray, r2: int):
