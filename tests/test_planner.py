@@ -356,7 +356,49 @@ def test_probe_threshold_models_what_fine_tuning_leaves():
 
 
 # --- recovery, the stated confidence, what ships ---------------------------------------------------------------
-def test_probes_grow_with_compression_and_the_verdict_states_its_confidence(tiny):
+class GradedNet(TinyNet):
+    """TinyNet with conv2 / conv3 of slowly decaying CP spectra: compression costs more the more it takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv2 = nn.Conv2d(8, 24, 3, padding=1)
+        self.conv3 = nn.Conv2d(24, 24, 3, padding=1)
+        self.fc = nn.Linear(24, 10)
+        with torch.no_grad():
+            for conv in (self.conv2, self.conv3):
+                t, s = conv.weight.shape[:2]
+                a, b, c = (torch.randn(n, 48, generator=gen) for n in (t, s, 9))
+                decay = 0.85 ** torch.arange(48, dtype=torch.float32)
+                conv.weight.copy_(torch.einsum("tr,sr,kr,r->tsk", a, b, c, decay).reshape(t, s, 3, 3) / 4)
+            self.fc.weight.copy_(torch.randn(10, 24, generator=gen))
+
+
+def test_probes_grow_with_compression():
+    from mtd.planner.compress import _Run
+
+    model = GradedNet().eval()
+    x = torch.randn(384, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model.standardise_classifier(x)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    cfg = CompressConfig(max_drop=1.0, calib_size=96, holdout_size=64, grid=GRID, layers=("conv2", "conv3"))
+    run = _Run(model, (x, y), cfg, None, None, "cpu", False)
+    run.options = run._score()
+    total = sum(o[0].params for o in run.options.values())
+    path = [a for a in assignment_path(run.options, total) if run.ratio_of(a) > 1.0]  # most compressed first
+    drops = [run.base_calib.accuracy - run.calib.score(run._build(a)).accuracy for a in path]  # what a probe measures
+    # measured: 78.9, 84.2, 88.2, 32.9, 26.3, 5.3, 6.6, 2.6 from 8.4x to 1.5x (near chance at the top: 90 is
+    # chance here, and destroyed models differ by noise); what matters is the order where drops are small
+    assert len(drops) >= 5
+    useful = [d for d in drops if d < 50]
+    assert len(useful) >= 4 and all(a >= b - 2.1 for a, b in zip(useful, useful[1:]))  # within two images
+    ranks = torch.tensor(drops).argsort().argsort().double()  # Spearman: drop against compression
+    rho = float(torch.corrcoef(torch.stack([ranks, torch.arange(len(drops), 0, -1).double()]))[0, 1])
+    assert rho > 0.8 and drops[0] > 30 and abs(drops[-1]) <= 3.2  # near-dense: ~free
+
+
+def test_the_verdict_states_its_confidence_and_what_ships_is_verified(tiny):
     from mtd.planner.verify import selection_z
 
     model, x, y = tiny
@@ -364,12 +406,8 @@ def test_probes_grow_with_compression_and_the_verdict_states_its_confidence(tiny
                                 finetune_epochs=0, grid=GRID, progress=False, search_rounds=2,
                                 prepare_inference=True, layers=["conv2", "conv3"])
     r = plan.results
-    probes = sorted(r["search"]["probes"], key=lambda p: p["index"])  # index 0: most compressed
-    drops = [p["calibration_drop"] for p in probes]
-    assert len(drops) >= 3
-    assert all(a >= b - 1.1 for a, b in zip(drops, drops[1:]))  # no more than one image (1.04 points) out of order
-    assert drops[0] > drops[-1]
-    assert r["reconstruct"] and r["confidence"] == {"stated": 0.8, "tests": 2, "z": selection_z(0.8, 2)}
+    assert r["within_budget"] and r["reconstruct"]
+    assert r["confidence"] == {"stated": 0.8, "tests": 2, "z": selection_z(0.8, 2)}
     v = r["verification"]
     assert v["margin"] == pytest.approx(selection_z(0.8, 2) * v["se"])
     assert "over up to 2 verified rounds" in r["verdict"]
@@ -381,6 +419,8 @@ def test_reconstruction_recovers_what_decomposition_costs(tiny):
     model, x, y = tiny
     kwargs = dict(method="cp-uniform", target_ratio=8.0, max_drop=None, calib_size=96, holdout_size=96,
                   finetune_epochs=0, progress=False, layers=["conv3"])  # CP of a Tucker-(4, 4) kernel at 8x
-    _, plain = compress(model, (x, y), reconstruct=False, **kwargs)
-    _, rebuilt = compress(model, (x, y), **kwargs)
-    assert rebuilt.results["verification"]["drop"] < plain.results["verification"]["drop"] - 20  # measured 79 -> 33
+    drop = {(aware, rec): compress(model, (x, y), aware=aware, reconstruct=rec, **kwargs)[1].results["verification"]
+            ["drop"] for aware in (False, True) for rec in (False, True)}
+    assert drop[False, True] < drop[False, False] - 20  # reconstruction alone: measured 79 -> 33
+    assert drop[True, False] < drop[False, False] - 20  # activation-aware factors alone: 79 -> 42
+    assert drop[True, True] < drop[True, False] - 5  # both: 30

@@ -39,8 +39,10 @@ class Method:
     """One decomposition method.
 
     ``decompose(weight, ranks, *, seed, init, settings) -> factors``: ``init`` is ``"svd"`` or, for a method that
-    ``warm_starts``, the factors of a higher rank. ``aware``: the same with activation statistics (an
-    activation-aware variant), or None. ``grid_ranks(shape, values)``: candidate ranks from the values of the
+    ``warm_starts``, the factors of a higher rank. ``aware(weight, ranks, stats, *, start) -> factors``: the
+    activation-aware variant (``mtd.recovery.aware``), refining ``start`` (the weight-only factors) so that
+    the layer's output on the inputs summarised by ``stats`` (an ``InputStats``) is closest; None where it
+    does not win. ``grid_ranks(shape, values)``: candidate ranks from the values of the
     :class:`~mtd.planner.CandidateGrid` field ``grid_field`` (ratios or channel fractions), least compressed first.
     ``worth_trying(shape)``: whether the candidate grid tries it on a kernel of this shape.
     """
@@ -127,6 +129,29 @@ def _svd(weight, ranks, *, seed: int, init: Any, settings: DecompositionSettings
     return decompose.svd_decompose(weight, ranks[0])
 
 
+# -- activation-aware variants: (weight, ranks, stats, *, start) -> factors ---------------------------------------
+# Kept where they won on held-out data (benchmarks/results/bench_aware.md, full-width VGG11): CP3 output error
+# 0.63x of the weight-only twin's (median of 16 layer/rank rows), Tucker-2 0.57x, single-layer test accuracy up
+# to +15 / +22 points. The classifier's SVD did not (0.643 -> 0.645 on held-out images: 1,024 samples are too
+# few for a 512-wide input), so ``svd`` has none.
+def _aware_cp3(weight, ranks, stats, *, start):
+    from .recovery.aware import aware_cp
+
+    return aware_cp(weight, stats, ranks[0], start=start)
+
+
+def _aware_cp4(weight, ranks, stats, *, start):
+    from .recovery.aware import aware_cp4
+
+    return aware_cp4(weight, stats, ranks[0], start=start)
+
+
+def _aware_tucker2(weight, ranks, stats, *, start):
+    from .recovery.aware import aware_tucker2
+
+    return aware_tucker2(weight, stats, tuple(ranks), start=start)
+
+
 # -- rank checks: (ranks, shape) -> ranks ---------------------------------------------------------------------
 def _one_rank(name: str, check: Callable[[Any, Shape], int]) -> Callable[[Any, Shape], Ranks]:
     def check_ranks(ranks: Any, shape: Shape) -> Ranks:
@@ -141,15 +166,15 @@ def _one_rank(name: str, check: Callable[[Any, Shape], int]) -> Callable[[Any, S
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("cp", nn.Conv2d, CPConv2d, decompose.CPFactors, _cp3, costs.cp3_params, costs.cp3_macs,
            _one_rank("cp", lambda r, shape: decompose.check_cp_rank(r, shape, "cp3")),
-           "cp_ratios", _ratio_ranks(costs.cp3_params), warm_starts=True),
+           "cp_ratios", _ratio_ranks(costs.cp3_params), warm_starts=True, aware=_aware_cp3),
     # CP4 splits the kernel into kh x 1 and 1 x kw; on a kernel one pixel wide it is CP3 with an extra conv
     Method("cp4", nn.Conv2d, CP4Conv2d, decompose.CP4Factors, _cp4, costs.cp4_params, costs.cp4_macs,
            _one_rank("cp4", lambda r, shape: decompose.check_cp_rank(r, shape, "cp4")),
            "cp4_ratios", _ratio_ranks(costs.cp4_params), warm_starts=True,
-           worth_trying=lambda shape: shape[2] > 1 and shape[3] > 1),
+           worth_trying=lambda shape: shape[2] > 1 and shape[3] > 1, aware=_aware_cp4),
     Method("tucker", nn.Conv2d, TuckerConv2d, decompose.TuckerFactors, _tucker2, costs.tucker2_params,
            costs.tucker2_macs, decompose.check_tucker_ranks,
-           "tucker_fractions", _tucker_fraction_ranks),
+           "tucker_fractions", _tucker_fraction_ranks, aware=_aware_tucker2),
     Method("svd", nn.Linear, LowRankLinear, decompose.SVDFactors, _svd, costs.svd_params, costs.svd_macs,
            _one_rank("svd", lambda r, shape: decompose.check_svd_rank(r, *shape)),
            "svd_ratios", _ratio_ranks(costs.svd_params)),

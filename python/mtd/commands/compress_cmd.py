@@ -23,7 +23,7 @@ QUICK_VAL_IMAGES, SMOKE_VAL_IMAGES = 5000, 100
 # --smoke: images kept (train, test) and the settings that make the main job take seconds
 SMOKE_IMAGES = (500, 200)
 SMOKE_OPTIONS = dict(grid="tiny", calib_size=64, holdout_size=100, finetune_epochs=1, search_rounds=1,
-                     reconstruct_images=64, reconstruct_steps=20,
+                     recovery_images=64, reconstruct_steps=20,
                      cp_n_iter_max=10)
 
 
@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--no-reconstruct", action="store_true", help="skip the layer-by-layer reconstruction of "
                    "each decomposed layer before fine-tuning (on by default)")
+    p.add_argument("--no-aware", action="store_true", help="decompose from the weights alone, not from the "
+                   "layers' input statistics (activation-aware, on by default)")
     p.add_argument("--train-epochs", type=int, default=QUICK_TRAIN_EPOCHS,
                    help="epochs of the quick baseline when no --checkpoint is given")
     p.add_argument("--grid", choices=("full", "small", "coarse", "tiny"), default=None, help="candidate grid "
@@ -69,7 +71,8 @@ def compress_options(args: argparse.Namespace, quick: bool) -> dict:
         layers=tuple(s.strip() for s in args.layers.split(",")) if args.layers else None,
         calib_size=args.calib_size or (512 if quick else 1024),
         finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3),
-        search_rounds=2 if quick else 3, reconstruct=not args.no_reconstruct)
+        search_rounds=2 if quick else 3, reconstruct=not args.no_reconstruct,
+        aware=not args.no_aware)
     if args.mean is not None or args.std is not None:
         options.update(mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"))
     if args.smoke:

@@ -106,9 +106,15 @@ class _Run:
         # the budget search verifies up to search_rounds models on the same images and keeps one (verify.py)
         self.tests = cfg.search_rounds if cfg.method == "mtd" and cfg.target_ratio is None else 1
         self.z = cfg.z(self.tests)
-        # reconstruction targets: fine-tuning images (never scored), without augmentation
-        self.recon_images = self.data.batches(self.splits["finetune"][:cfg.reconstruct_images], cfg.batch_size,
-                                              self.device) if cfg.reconstruct else []
+        # input statistics and reconstruction targets: fine-tuning images (never scored), without augmentation
+        self.recovery_images = self.data.batches(self.splits["finetune"][:cfg.recovery_images], cfg.batch_size,
+                                                 self.device) if cfg.reconstruct or cfg.aware else []
+        self.stats = None
+        if cfg.aware:
+            from ..recovery.activation_stats import collect_input_stats
+
+            self.stats = collect_input_stats(self.original, self.recovery_images, self.layers,
+                                             progress=self.progress)
         self.base_calib = self.calib.score(self.original)
         self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max))
         self.model_params = sum(p.numel() for p in self.original.parameters())
@@ -157,7 +163,9 @@ class _Run:
                 "method": cfg.method if rule else "grid", "target_ratio": cfg.target_ratio if rule else None,
                 "grid": dataclasses.asdict(cfg.candidate_grid()), "seed": cfg.seed,
                 "images": self.splits["calibration"][:score_calib.num_images].tolist(),
-                "settings": dataclasses.asdict(self.cache.settings)})
+                "settings": dataclasses.asdict(self.cache.settings),
+                "aware": sorted((n, self.cache.stats_hash(st)) for n, st in self.stats.items()) if self.stats
+                else None})
             path = Path(cfg.cache_dir) / f"scores-{key}.json"
             cached = load_options(path)
             if cached is not None and list(cached) == self.layers:
@@ -165,7 +173,7 @@ class _Run:
                 return cached
         options = score_options(self.original, self.layers, cfg.candidate_grid(), score_calib,
                                 score_calib.score(self.original), self.cache, io_shapes, cfg.seed, only=only,
-                                progress=self.progress)
+                                stats=self.stats, progress=self.progress)
         if path is not None:
             save_options(path, options)
         return options
@@ -304,11 +312,12 @@ class _Run:
                 continue
             module = get_module(self.original, name)
             factors = self.cache.factors(module.weight, s.method, s.candidate.ranks, self.cfg.seed,
-                                         warm_chain(s.candidate, _candidate_list(self.options, name)))
+                                         warm_chain(s.candidate, _candidate_list(self.options, name)),
+                                         stats=self.stats[name] if self.stats else None)
             replace_module(model, name, build_layer(module, s.method, factors, backend="torch"))
         if self.cfg.reconstruct and any(s.method != "dense" for s in a.values()):
-            cfg = ReconstructionConfig(images=self.cfg.reconstruct_images, steps=self.cfg.reconstruct_steps)
-            reconstruct(model, self.original, self.recon_images, cfg, seed=self.cfg.seed)
+            cfg = ReconstructionConfig(images=self.cfg.recovery_images, steps=self.cfg.reconstruct_steps)
+            reconstruct(model, self.original, self.recovery_images, cfg, seed=self.cfg.seed)
         if any(s.method != "dense" for s in a.values()):
             recalibrate_batchnorm(model, self._finetune_loader(self.cfg.seed))
         return model

@@ -46,9 +46,13 @@ class CompressConfig:
             assignment after reconstruction and BatchNorm re-estimation only).
         layer_tolerance: the thesis rule's per-layer drop tolerance (default ``max_drop``).
     Recovery (before fine-tuning)
+        aware: decompose activation-aware (``mtd.recovery.aware``: each layer's output error on the inputs it
+            sees, not its weight error), from input statistics of ``recovery_images`` images; candidates are
+            scored with these factors.
         reconstruct: fit each decomposed layer, in network order, to the original layer's output from the
             compressed prefix's input (``mtd.recovery.reconstruct``), before BatchNorm re-estimation.
-        reconstruct_images, reconstruct_steps: training images captured per layer and Adam steps per layer.
+        recovery_images: fine-tuning images (never scored) the statistics and the reconstruction use.
+        reconstruct_steps: Adam steps per layer of the reconstruction (0: its closed-form solve only).
     Fine-tuning
         finetune_epochs, finetune_lr, finetune_batch_size, teacher_kd (distil from the original),
         cp_lr_scale (learning-rate multiplier of CP factors), max_grad_norm.
@@ -73,8 +77,9 @@ class CompressConfig:
     search_rounds: int = 3
     probe_fraction: float = 0.0
     layer_tolerance: Optional[float] = None
+    aware: bool = True
     reconstruct: bool = True
-    reconstruct_images: int = 512
+    recovery_images: int = 512
     reconstruct_steps: int = 150
     finetune_epochs: int = 1
     finetune_lr: float = 0.01
@@ -123,7 +128,7 @@ class CompressConfig:
         if not (_is_number(self.confidence) and 0.5 <= self.confidence < 1):
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
         for name in ("calib_size", "score_images", "finetune_batch_size", "batch_size", "search_rounds",
-                     "cp_n_iter_max", "reconstruct_images"):
+                     "cp_n_iter_max", "recovery_images"):
             _check_int(name, getattr(self, name), 1)
         for name in ("holdout_size", "finetune_epochs", "seed", "reconstruct_steps"):
             _check_int(name, getattr(self, name), 0)
@@ -132,8 +137,9 @@ class CompressConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not (_is_number(self.probe_fraction) and self.probe_fraction >= 0):
             raise ValueError(f"probe_fraction must be >= 0, got {self.probe_fraction!r}")
-        if not isinstance(self.reconstruct, bool):
-            raise ValueError(f"reconstruct must be True or False, got {self.reconstruct!r}")
+        for name in ("aware", "reconstruct"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_grad_norm is not None and not (_is_number(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if self.layer_tolerance is not None and not (_is_number(self.layer_tolerance) and self.layer_tolerance >= 0):

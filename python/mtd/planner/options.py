@@ -55,8 +55,10 @@ def record_io_shapes(model: nn.Module, names: list[str], sample: torch.Tensor) -
 def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, calib: Calibration, base: Score,
                   cache: FactorCache, io_shapes: dict[str, tuple], seed: int, *,
                   only: Optional[Callable[[str, nn.Module], list[Candidate]]] = None,
-                  progress: bool = True) -> dict[str, list[Scored]]:
-    """``{layer: [Scored dense, Scored candidates...]}``; ``only`` overrides the candidate list per layer."""
+                  stats: Optional[dict] = None, progress: bool = True) -> dict[str, list[Scored]]:
+    """``{layer: [Scored dense, Scored candidates...]}``; ``only`` overrides the candidate list per layer.
+    ``stats``: ``{layer: InputStats}``: candidates are decomposed activation-aware where their method has a
+    variant (the factors the compressed model is then built from)."""
     per_layer = {}
     for name in layers:
         module = model.get_submodule(name)
@@ -74,7 +76,7 @@ def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, cali
             for cand in cands:
                 bar.set_postfix_str(f"{name} {cand.label()}", refresh=False)
                 factors = cache.factors(module.weight, cand.method, cand.ranks, seed, warm_chain(cand, cands),
-                                        whash=whash)
+                                        whash=whash, stats=(stats or {}).get(name))
                 layer = build_layer(module, cand.method, factors, backend="torch")
                 p, macs = layer_cost(layer, in_hw)
                 s = Scored(cand, p, macs, rel_error=float(factors.rel_error))
