@@ -11,6 +11,9 @@ scored on ``--test`` seeded test images; then it is fine-tuned ``--epochs`` dist
 Variants (``--variants``, comma-separated):
   weights          factors from the weights alone (``from_conv``), the issue's 74.53% / 79.60% row;
   recon            + sequential local reconstruction (``mtd.recovery.reconstruct``, default config);
+  aware            activation-aware factors (``mtd.recovery.aware`` via the method table, from input
+                   statistics of the reconstruction images), no reconstruction;
+  aware-recon      activation-aware factors, then reconstruction: what ``mtd.compress`` does by default;
   recon-nobn       the same without re-estimating BatchNorm afterwards;
   recon-lrX        recon, fine-tuned at peak learning rate X instead of the default.
 """
@@ -93,28 +96,34 @@ def main(argv=None) -> int:
 
 def _build(baseline, plan, variant, data, tune_idx, args):
     from mtd.layers import get_module, replace_module
+    from mtd.planner.factor_cache import FactorCache
     from mtd.planner.layer_factory import build_layer
-    from mtd.decompose import cp_decompose_conv, tucker2_decompose_conv
+    from mtd.recovery import collect_input_stats
     from mtd.recovery.reconstruct import ReconstructionConfig, reconstruct
     from mtd.train.finetune import recalibrate_batchnorm
 
+    cfg = ReconstructionConfig()
+    if args.recon_images:
+        cfg = ReconstructionConfig(images=args.recon_images, steps=cfg.steps)
+    if args.recon_steps is not None:
+        cfg = ReconstructionConfig(images=cfg.images, steps=args.recon_steps)
+    images = data.batches(tune_idx[:cfg.images], 128, torch.device("cpu"))
     t0 = time.perf_counter()
-    model = copy.deepcopy(baseline)
+    names = [layer["name"] for layer in plan if layer["method"] != "dense"]
+    stats = collect_input_stats(baseline, images, names, progress=True) if variant.startswith("aware") else {}
+    info = {"stats_seconds": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    model, cache = copy.deepcopy(baseline), FactorCache()
     for layer in plan:
         if layer["method"] == "dense":
             continue
         module = get_module(baseline, layer["name"])
-        factors = (cp_decompose_conv(module.weight, layer["ranks"][0]) if layer["method"] == "cp"
-                   else tucker2_decompose_conv(module.weight, tuple(layer["ranks"])))
+        # no warm-start chain: the issue's weight-only row decomposed each layer directly (from_conv)
+        factors = cache.factors(module.weight, layer["method"], layer["ranks"], args.seed,
+                                stats=stats.get(layer["name"]))
         replace_module(model, layer["name"], build_layer(module, layer["method"], factors, backend="torch"))
-    info = {"decompose_seconds": time.perf_counter() - t0}
-    if variant.startswith("recon"):
-        cfg = ReconstructionConfig()
-        if args.recon_images:
-            cfg = ReconstructionConfig(images=args.recon_images, steps=cfg.steps)
-        if args.recon_steps is not None:
-            cfg = ReconstructionConfig(images=cfg.images, steps=args.recon_steps)
-        images = data.batches(tune_idx[:cfg.images], 128, torch.device("cpu"))
+    info["decompose_seconds"] = time.perf_counter() - t0
+    if variant.startswith("recon") or variant.startswith("aware-recon"):
         t1 = time.perf_counter()
         layers = reconstruct(model, baseline, images, cfg, seed=args.seed, progress=True)
         info.update(reconstruction=[l.to_dict() for l in layers], reconstruct_seconds=time.perf_counter() - t1,

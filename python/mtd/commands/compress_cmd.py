@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--no-reconstruct", action="store_true", help="skip the layer-by-layer reconstruction of "
                    "each decomposed layer before fine-tuning (on by default)")
-    p.add_argument("--no-aware", action="store_true", help="decompose from the weights alone, not from the "
-                   "layers' input statistics (activation-aware, on by default)")
+    p.add_argument("--aware", action="store_true", help="decompose activation-aware (from the layers' input "
+                   "statistics) instead of from the weights alone")
     p.add_argument("--train-epochs", type=int, default=QUICK_TRAIN_EPOCHS,
                    help="epochs of the quick baseline when no --checkpoint is given")
     p.add_argument("--grid", choices=("full", "small", "coarse", "tiny"), default=None, help="candidate grid "
@@ -72,7 +72,7 @@ def compress_options(args: argparse.Namespace, quick: bool) -> dict:
         calib_size=args.calib_size or (512 if quick else 1024),
         finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3),
         search_rounds=2 if quick else 3, reconstruct=not args.no_reconstruct,
-        aware=not args.no_aware)
+        aware=args.aware)
     if args.mean is not None or args.std is not None:
         options.update(mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"))
     if args.smoke:

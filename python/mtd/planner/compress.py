@@ -278,7 +278,8 @@ class _Run:
             "holdout": {"images": int(self.base_correct.numel()), "source": "val_data" if self.val else "train",
                         "base_accuracy": 100.0 * float(self.base_correct.double().mean())},
             "model_params_before": self.model_params, "model_param_ratio": ratio,
-            "reconstruct": cfg.reconstruct, "finetune_epochs": cfg.finetune_epochs, "teacher_kd": cfg.teacher_kd,
+            "aware": cfg.aware, "reconstruct": cfg.reconstruct, "finetune_epochs": cfg.finetune_epochs,
+            "teacher_kd": cfg.teacher_kd,
             "seed": cfg.seed, "wall_time_s": time.perf_counter() - self.t_start, **info,
         }
         self.log(verdict)

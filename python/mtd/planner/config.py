@@ -48,7 +48,10 @@ class CompressConfig:
     Recovery (before fine-tuning)
         aware: decompose activation-aware (``mtd.recovery.aware``: each layer's output error on the inputs it
             sees, not its weight error), from input statistics of ``recovery_images`` images; candidates are
-            scored with these factors.
+            scored with these factors. Off by default: it halves single layers' output errors
+            (``benchmarks/results/bench_aware.md``), but on full-width VGG11 at 35x
+            (``benchmarks/results/recovery_vgg11.md``) the reconstructed model was 1.9 points worse before
+            fine-tuning with it (75.07% against 77.00%) and the same after one epoch (80.13% against 80.10%).
         reconstruct: fit each decomposed layer, in network order, to the original layer's output from the
             compressed prefix's input (``mtd.recovery.reconstruct``), before BatchNorm re-estimation.
         recovery_images: fine-tuning images (never scored) the statistics and the reconstruction use.
@@ -77,7 +80,7 @@ class CompressConfig:
     search_rounds: int = 3
     probe_fraction: float = 0.0
     layer_tolerance: Optional[float] = None
-    aware: bool = True
+    aware: bool = False
     reconstruct: bool = True
     recovery_images: int = 512
     reconstruct_steps: int = 150
