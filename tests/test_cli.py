@@ -243,3 +243,16 @@ def test_val_images_verify_on_test_images_and_report_on_the_rest(capsys, tiny_ci
     rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--checkpoint", str(vgg11_checkpoint),
                          "--val-images", "100", "--quiet", "--out", str(out), "--cache-dir", str(tmp_path))
     assert_user_error(rc, err, "cannot hold out 100 of the 100 test images")
+
+
+def test_the_same_seed_trains_the_same_quick_baseline(tiny_cifar, tmp_path):
+    from mtd.commands.train_cmd import train_baseline
+
+    arrays = load_cifar10(tiny_cifar, cache_dir=str(tmp_path / "cache"))
+    states = []
+    for run in range(2):
+        torch.manual_seed(run)  # whatever the global RNG holds before: the baseline depends on the seed only
+        model, _, _ = train_baseline(arrays, "vgg11", 0.125, 1, 0.05, 64, torch.device("cpu"), 0, False,
+                                     str(tmp_path / f"b{run}.pt"))
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

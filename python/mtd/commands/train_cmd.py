@@ -36,7 +36,9 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
 
     from ..models import build_model, save_checkpoint
     from ..train import evaluate, train
+    from ..utils import seed_everything
 
+    seed_everything(seed)  # the initial weights too: the same seed gives the same baseline in every process
     try:
         model = build_model(model_name, num_classes=len(arrays.classes), width=width).to(device)
     except (ValueError, TypeError) as err:

@@ -115,8 +115,7 @@ class FrontierSearch:
         if i not in self.probes:
             drop, model = self._probe(i)
             self.probes[i] = Probe(i, self.ratio(i), drop, model)
-            self.log(f"  probe {i}/{self.n - 1}: {self.probes[i].ratio:.2f}x, calibration drop {drop:+.2f} after a "
-                     "short fine-tune")
+            self.log(f"  probe {i}/{self.n - 1}: {self.probes[i].ratio:.2f}x, calibration drop {drop:+.2f}")
         return self.probes[i]
 
     def run(self) -> Optional[Round]:
