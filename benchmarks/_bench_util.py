@@ -24,10 +24,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def avx_level() -> str:
+    """The widest x86 vector extension the CPU has ("AVX-512", "AVX2" or "none"): rows name it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "unknown"
+    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "none")
+
+
 def machine_info() -> Dict[str, object]:
     """What every result row records about where it was measured."""
     return {
         "cpu": cpu_model(),
+        "avx": avx_level(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--stem", default="probe_curve_vgg11")
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "mtd" / "cifar_cpu_full"))
     p.add_argument("--test", type=int, default=2000)
+    p.add_argument("--indices", default=None, help="comma-separated path indices to probe (default: the "
+                   "earlier search's probes and both ends of the path)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
 
     json_path = Path(args.out) / f"{args.stem}.json"
     results = json.loads(json_path.read_text()) if json_path.is_file() else {"probes": {}}
-    results.update(args=vars(args), machine={**bu.machine_info(), "avx": _avx()})
+    results.update(args=vars(args), machine=bu.machine_info())
     t0 = time.perf_counter()
     run.options = run._score()
     path = assignment_path(run.options, sum(o[0].params for o in run.options.values()))
@@ -69,8 +71,12 @@ def main(argv=None) -> int:
     results["base_test_accuracy"] = score_loader(baseline, test).accuracy
     results["base_calibration_accuracy"] = run.base_calib.accuracy
     results["path_length"] = len(path)
-    indices = sorted(set(old) | {0, len(path) - 1}) if len(path) == previous_path_length(old) else \
-        sorted({round(i) for i in np.linspace(0, len(path) - 1, 10)})
+    if args.indices:
+        indices = sorted({int(i) for i in args.indices.split(",")})
+    elif len(path) == previous_path_length(old):
+        indices = sorted(set(old) | {0, len(path) - 1})
+    else:
+        indices = sorted({round(i) for i in np.linspace(0, len(path) - 1, 10)})
     for i in indices:
         if str(i) in results["probes"]:
             continue
@@ -92,11 +98,6 @@ def main(argv=None) -> int:
 def previous_path_length(old: dict) -> int:
     """The earlier search's path ends at its least compressed probe (it always probes the safe end)."""
     return max(old) + 1
-
-
-def _avx() -> str:
-    flags = Path("/proc/cpuinfo").read_text()
-    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "none")
 
 
 def _write(results: dict, path: Path) -> None:

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     json_path = Path(args.out) / f"{args.stem}.json"
     results = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    results.update(args=vars(args), machine={**bu.machine_info(), "avx": _avx_level()},
+    results.update(args=vars(args), machine=bu.machine_info(),
                    plan=[{k: l[k] for k in ("name", "method", "ranks")} for l in plan])
     steps = results.setdefault("steps", {})
     if "baseline" not in steps:
@@ -149,11 +149,6 @@ def _accuracy(model, batches) -> float:
     from mtd.planner.sensitivity import score_loader
 
     return score_loader(model, batches).accuracy
-
-
-def _avx_level() -> str:
-    flags = Path("/proc/cpuinfo").read_text()
-    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "none")
 
 
 def _write(results: dict, path: Path) -> None:
