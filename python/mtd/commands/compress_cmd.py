@@ -70,8 +70,8 @@ def compress_options(args: argparse.Namespace, quick: bool) -> dict:
         grid=args.grid or ("small" if quick else "full"),
         layers=tuple(s.strip() for s in args.layers.split(",")) if args.layers else None,
         calib_size=args.calib_size or (512 if quick else 1024),
-        finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (1 if quick else 3),
-        search_rounds=2 if quick else 3, reconstruct=not args.no_reconstruct,
+        finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (2 if quick else 3),
+        search_rounds=3, reconstruct=not args.no_reconstruct,
         aware=args.aware)
     if args.mean is not None or args.std is not None:
         options.update(mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"))
