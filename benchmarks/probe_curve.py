@@ -115,7 +115,8 @@ def _write(results: dict, path: Path) -> None:
              "BatchNorm, no fine-tuning. Previous probe: BatchNorm, then a 0.25-epoch fine-tune at lr 0.01 "
              "(the earlier run). Drops in points; calibration: 1,024 training images; test: "
              f"{results['args']['test']} test images no search saw.", "",
-             "| path index | ratio | new probe: calibration drop | new probe: test drop | previous probe: calibration drop | s |",
+             "| path index | ratio | new probe: calibration drop | new probe: test drop | previous probe: "
+             "calibration drop | s |",
              "|---|---|---|---|---|---|"]
     for p in probes:
         prev = "" if p["previous_calibration_drop"] is None else f"{p['previous_calibration_drop']:.2f}"

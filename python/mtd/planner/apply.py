@@ -21,8 +21,8 @@ def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str
     ``model`` must hold the original (uncompressed) weights the plan was made from; the weight-only
     decompositions are recomputed with the plan's seeds and warm-start chains. ``mtd.compress`` goes further
     from data (activation-aware factors, reconstruction, fine-tuning), which a plan alone cannot redo: pass
-    the compressed model's ``state_dict`` (as ``mtd.load`` does) to get that model back. Pass ``state_dict`` (e.g. a fine-tuned
-    compressed model's) to load it on top. ``backend`` is "fused" (mtd_kernels) or "torch".
+    the compressed model's ``state_dict`` (as ``mtd.load`` does) to get that model back: it is loaded on top.
+    ``backend`` is "fused" (mtd_kernels) or "torch".
     ``decompose=False`` (only with ``state_dict``) skips the decompositions and builds empty layers of
     the planned shapes, which is much faster when the weights are loaded anyway. ``prepare_inference``
     returns the model ready for inference instead (:func:`mtd.prepare_inference`: eval mode, BatchNorm

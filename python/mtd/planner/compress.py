@@ -241,7 +241,7 @@ class _Run:
         v = self._verify(shipped)
         info = {**info, "verification": v.to_dict(),
                 "shipped": {"max_relative_logit_difference": rel, "verified_drop_before_shipping":
-                            info["verification"]["drop"], "same_predictions": v.drop == info["verification"]["drop"]}}
+                            info["verification"]["drop"], "same_drop": v.drop == info["verification"]["drop"]}}
         if self.cfg.target_ratio is None and not v.passed:  # the shipped kernels changed the verdict
             self.log(f"the shipped model's held-out drop ({v.drop:+.2f}) differs from the verified one "
                      f"({info['shipped']['verified_drop_before_shipping']:+.2f}) and misses the budget")
