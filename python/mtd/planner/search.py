@@ -31,11 +31,14 @@ round's probe-minus-verified drop), which keeps the search near the dense end wh
 already lose points: on full-width VGG11 (``cifar_cpu_full``) the least compressed assignment (1.06x) lost
 1.95 calibration points after its probe, against a first-round threshold of 2.0.
 
-Why probes no longer fine-tune by default: a quarter-epoch at the fine-tuning rate measured the schedule's
-own noise, not the compression. On full-width VGG11 the 1.06x probe lost 1.95 points, 4.3x 2.54 and 8.2x
-3.61, and a dense quarter-epoch alone lost 0.65. A reconstructed, BatchNorm-re-estimated model without any
-fine-tuning has a drop that is ~0 near the dense end and grows with compression, which is what bisection
-needs (``benchmarks/results/probe_curve_vgg11.md``).
+Why probes no longer fine-tune by default: a quarter-epoch at the fine-tuning rate costs as much as a probe
+is worth (a dense quarter-epoch alone lost 0.65 points on full-width VGG11) and a full fine-tuning pass per
+probe is what rounds are for. A reconstructed, BatchNorm-re-estimated model without fine-tuning measures about
+the same: on full-width VGG11 (``benchmarks/results/probe_curve_vgg11.md``, the same path) its calibration
+drops were 9.38 / 5.27 / 4.79 / 2.73 / 2.93 / 2.15 / 1.07 at 37.7x / 25.4x / 20.4x / 9.7x / 4.3x / 1.4x / 1.06x,
+against 8.89 / 5.37 / 4.39 / 3.42 / 2.54 / 2.44 / 1.95 for the fine-tuned probes. Both leave 1-2 points at
+the near-dense end there, so on that model the offset is not the fine-tuning schedule's; on the README's
+quick VGG11 the reconstructed probes rose from +0.2 at 1.19x to +12.5 at 13.5x.
 """
 from __future__ import annotations
 
