@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -103,10 +104,8 @@ def _build(baseline, plan, variant, data, tune_idx, args):
     from mtd.train.finetune import recalibrate_batchnorm
 
     cfg = ReconstructionConfig()
-    if args.recon_images:
-        cfg = ReconstructionConfig(images=args.recon_images, steps=cfg.steps)
-    if args.recon_steps is not None:
-        cfg = ReconstructionConfig(images=cfg.images, steps=args.recon_steps)
+    cfg = dataclasses.replace(cfg, images=args.recon_images or cfg.images,
+                              steps=cfg.steps if args.recon_steps is None else args.recon_steps)
     images = data.batches(tune_idx[:cfg.images], 128, torch.device("cpu"))
     t0 = time.perf_counter()
     names = [layer["name"] for layer in plan if layer["method"] != "dense"]
@@ -127,7 +126,7 @@ def _build(baseline, plan, variant, data, tune_idx, args):
         t1 = time.perf_counter()
         layers = reconstruct(model, baseline, images, cfg, seed=args.seed, progress=True)
         info.update(reconstruction=[l.to_dict() for l in layers], reconstruct_seconds=time.perf_counter() - t1,
-                    reconstruction_config=vars(cfg) if hasattr(cfg, "__dict__") else str(cfg))
+                    reconstruction_config=dataclasses.asdict(cfg))
         for l in layers:
             print(f"  {l.name}: error {l.error_before:.4f} -> {l.error_after:.4f} ({l.seconds:.1f} s)", flush=True)
     if variant != "recon-nobn":

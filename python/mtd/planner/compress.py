@@ -199,7 +199,7 @@ class _Run:
         search = FrontierSearch(len(self.path), ratio=lambda i: self.ratio_of(self.path[i]), probe=probe,
                                 finish=finish, max_drop=cfg.max_drop, rounds=cfg.search_rounds, log=self.log)
         best = search.run()
-        info = {"search": search.summary(), "verified_rounds": len(search.history)}
+        info = {"search": search.summary()}
         if best is None:
             return None, None, info
         info["verification"] = best.verification.to_dict()
