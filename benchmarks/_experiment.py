@@ -11,7 +11,6 @@ import platform
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -46,21 +45,13 @@ class ExperimentConfig:
 
 def machine_description(device: torch.device) -> dict[str, Any]:
     """Host, CPU, thread count and (if used) GPU name, for the results file."""
-    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": _cpu_name(),
+    from _bench_util import avx_level, cpu_model
+
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(), "avx": avx_level(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def params(model: nn.Module) -> int:

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Full-width VGG11 on the CPU: the thesis' 32x figure from a trained baseline, beside CP-only and Tucker-only.
+"""Full-width VGG on the CPU: the thesis' row (VGG11 32x, VGG16 37x) from a trained baseline, beside CP-only and Tucker-only.
+
+The checkpoint names its architecture; the thesis' ratio for it is the default of ``--ratios``.
 
 Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restarted run skips finished steps):
 
 1. baseline: the checkpoint (``--checkpoint``, e.g. ``../shared/models/vgg11-w1-cifar10.pt``) on the test set;
 2. mtd-budget: ``mtd.compress`` with ``--max-drop`` on the ``coarse`` grid (candidates to 128x per layer), the
    budget verified on ``--val`` test images;
-3. ``--ratios`` (default 32): MTD at each target ratio it did not reach within the budget;
+3. ``--ratios`` (default: the thesis' ratio for the checkpoint's model, 32 for VGG11, 37 for VGG16): MTD at each
+   target ratio it did not reach within the budget;
 4. cp-only and tucker-only at MTD's most compressed whole-model ratio (of 2. and 3.): one uniform per-layer
    ratio, chosen so that the whole model matches MTD's; every conv but the first (kept dense, as CP/Tucker
    papers do), classifier dense;
@@ -21,6 +24,8 @@ Every compressed model and the control are fine-tuned ``--finetune-epochs`` epoc
 About 100 minutes on 2 cores at the defaults.
 
 Smoke run:  python benchmarks/cifar_cpu_full.py --checkpoint CK.pt --subset 3000 --finetune-epochs 1 --grid tiny
+Thesis rows: python benchmarks/cifar_cpu_full.py --checkpoint ../shared/models/vgg11-w1-e12-cifar10.pt \
+                 --stem cifar_cpu_full_vgg11   (and vgg16-w1-cifar10.pt with --stem cifar_cpu_full_vgg16)
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ import _bench_util as bu  # noqa: E402
 import _experiment as ex  # noqa: E402
 
 
+THESIS_RATIOS = {"vgg11": 32.0, "vgg16": 37.0}  # parameter compression at < 1 point (Liang & Lee 2020)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="trained baseline written by `mtd train`")
@@ -51,7 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid", default="coarse", choices=("full", "small", "coarse", "tiny"))
     p.add_argument("--score-images", type=int, default=256, help="calibration images scoring each candidate")
     p.add_argument("--search-rounds", type=int, default=3)
-    p.add_argument("--ratios", default="32", help="MTD target ratios run after the budget search if not reached")
+    p.add_argument("--ratios", default=None,
+                   help="MTD target ratios run after the budget search if not reached (default: the thesis' ratio)")
     p.add_argument("--subset", type=int, default=None, help="use only this many training images (smoke runs)")
     p.add_argument("--cache-dir", default="runs/cifar_cpu_full_cache", help="decompositions and candidate scores")
     p.add_argument("--seed", type=int, default=0)
@@ -59,7 +68,7 @@ def main(argv=None) -> int:
                    help="also run MTD at the first --ratios target with this many fine-tuning epochs (0: skip)")
     args = p.parse_args(argv)
 
-    from mtd.models import load_model
+    from mtd.models import load_checkpoint, load_model
 
     arrays = bu.cifar_arrays(args.data, args.subset, args.seed)
     stem = args.stem or (f"cifar_cpu_full_subset{args.subset}" if args.subset else "cifar_cpu_full")
@@ -71,7 +80,13 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     json_path = out / f"{stem}.json"
+    model_name = load_checkpoint(args.checkpoint).get("model_name")
+    if args.ratios is None:
+        if model_name not in THESIS_RATIOS:
+            raise SystemExit(f"{args.checkpoint} holds {model_name!r}: the thesis has no ratio for it, pass --ratios")
+        args.ratios = f"{THESIS_RATIOS[model_name]:g}"
     results = bu.resumed_results(json_path, args, additive=("long_finetune_epochs",))
+    results.setdefault("model", model_name)
     checksum = _sha256(args.checkpoint)
     if results.setdefault("checkpoint_sha256", checksum) != checksum:
         raise SystemExit(f"{args.checkpoint} is not the checkpoint {json_path} was started from")
@@ -229,7 +244,7 @@ def _references(steps: dict) -> tuple[float, float]:
 def _markdown(results: dict, stem: str) -> str:
     a, m, steps = results["args"], results["machine"], results["steps"]
     n_report = 10000 - a["val"]
-    lines = ["# Full-width VGG11 on CIFAR-10, on the CPU", "",
+    lines = [f"# Full-width {_model_title(results)} on CIFAR-10, on the CPU", "",
              f"Machine: {m['cpu']} (host {m['host']}, torch {m['torch']}, {m['torch_threads']} threads). "
              f"Baseline `{Path(a['checkpoint']).name}` (sha256 `{results['checkpoint_sha256'][:12]}…`). Every "
              f"compressed model and the dense control fine-tuned {a['finetune_epochs']} epochs (the `-ftN` row: N), "
@@ -266,6 +281,11 @@ def _markdown(results: dict, stem: str) -> str:
     return "\n".join(lines)
 
 
+def _model_title(results: dict) -> str:
+    """``VGG11`` / ``VGG16`` from the checkpoint's model name (results of earlier runs: VGG11)."""
+    return results.get("model", "vgg11").upper()
+
+
 def _epochs(name: str, step: dict, args: dict) -> str:
     """Fine-tuning epochs of a step (steps of earlier runs do not record them: the run's setting)."""
     return "" if name == "baseline" else str(step.get("finetune_epochs", args["finetune_epochs"]))
@@ -287,11 +307,15 @@ def _plot(results: dict, path: Path) -> None:
     ax.axhline(ref - results["args"]["max_drop"], color="gray", lw=1, ls=":", label="best dense - budget")
     if "control" in steps:
         ax.axhline(steps["control"]["report_accuracy"], color="k", lw=1, ls="-.", label="dense control")
-    ax.axvline(32, color="orange", lw=1, ls="--", label="thesis: 32x")
+    thesis = THESIS_RATIOS.get(results.get("model", "vgg11"))
+    if thesis:  # the thesis' point: its ratio at its bound (< 1 point below the dense model)
+        ax.plot([thesis], [ref - 1.0], "o", mfc="none", mec="orange", markersize=12, mew=2,
+                label=f"thesis: {thesis:g}x at < 1 point")
     ax.set_xscale("log")
     ax.set_xlabel("parameter compression (x, log)")
     ax.set_ylabel("accuracy on the report images (%)")
-    ax.set_title(f"CIFAR-10 VGG11 width 1 ({results['machine']['cpu'][:40]})", fontsize=9)
+    ax.set_title(f"CIFAR-10 {_model_title(results)} width 1 ({results['machine']['cpu'][:40]}, "
+                 f"{results['machine'].get('avx', '')})", fontsize=9)
     ax.legend(fontsize=8)
     bu.save_figure(fig, path)
 

@@ -2,7 +2,9 @@
 
 Every conv but the first is replaced by CP3, by Tucker-2, or by a CP/Tucker mix (CP on even, Tucker
 on odd conv indices), at the planner's uniform ranks for 1/32 of each layer's parameters (random
-weights: speed does not depend on them).  Channels_last, under torch.no_grad(), batch 1 and 64.
+weights: speed does not depend on them). With ``--plan-from`` (a ``cifar_cpu_full*.json`` results
+file) the model ``plan`` is added: that run's compressed VGG, rebuilt from the per-layer methods and
+ranks of its ``--plan-step`` (random weights of the planned shapes), beside its own dense VGG.  Channels_last, under torch.no_grad(), batch 1 and 64.
 For each model, side by side in one process and interleaved (round-robin over the variants, so
 load changes on a shared machine hit all of them alike):
 
@@ -12,8 +14,12 @@ load changes on a shared machine hit all of them alike):
   compile(chain)        torch.compile of that
   mtd                   the compressed model on torch.ops.mtd (backend="fused")
   compile(mtd)          torch.compile of that
-  mtd+prepare           mtd.prepare_inference(mtd model): BatchNorm folded, ReLU in the op epilogue
+  mtd+prepare           mtd.prepare_inference(mtd model, rank_space=False): BatchNorm folded, ReLU in the
+                        op epilogue, one fused op per layer
   compile(mtd+prepare)  torch.compile of that
+  mtd+rank              mtd.prepare_inference(mtd model): the same, then regrouped into rank space
+                        (torch.ops.mtd.rank_bridge across layers: only rank-R maps reach memory)
+  compile(mtd+rank)     torch.compile of that
 
 The time of a variant is the median over rounds of the mean of a few calls.  Writes
 benchmarks/results/e2e_cpu.{json,md} (machine, torch, threads and the load average recorded).
@@ -30,7 +36,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -39,14 +45,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_util as bu  # noqa: E402
 
 import mtd  # noqa: E402
-from mtd.layers import CPConv2d, TuckerConv2d, prepare_inference  # noqa: E402
+from mtd.layers import CPConv2d, TuckerConv2d, get_module, prepare_inference, replace_module  # noqa: E402
+from mtd.planner.layer_factory import empty_layer  # noqa: E402
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa: E402
 
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
-KINDS = ("cp", "tucker", "mix")
+KINDS = ("cp", "tucker", "mix")  # and "plan" with --plan-from
 VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare",
-            "compile(mtd+prepare)")
-MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare", "compile(mtd+prepare)")
+            "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)")
+MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare", "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)")
 
 
 def compressed_layer(conv: nn.Conv2d, method: str, backend: str) -> nn.Module:
@@ -58,20 +65,33 @@ def compressed_layer(conv: nn.Conv2d, method: str, backend: str) -> nn.Module:
         layer = CPConv2d(s, t, (kh, kw), uniform_cp_rank(t, s, kh, kw, RATIO), **geo)
     else:
         layer = TuckerConv2d(s, t, (kh, kw), uniform_tucker_ranks(t, s, kh, kw, RATIO), **geo)
-    # Variance-preserving factors (std 1/sqrt(fan_in), the last one with ReLU gain): nn.Conv2d's
-    # default init shrinks activations ~3x per factor, so after a few layers they would be
-    # denormal floats, which are slow on x86 and would distort every timing.
-    factors = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+    _variance_preserving(layer)
+    return layer
+
+
+def _variance_preserving(layer: nn.Module) -> None:
+    """Factors with std 1/sqrt(fan_in), the last one with ReLU gain: nn.Conv2d's default init shrinks
+    activations ~3x per factor, so after a few layers they would be denormal floats, which are slow on
+    x86 and would distort every timing."""
+    factors = [m for m in layer.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for i, f in enumerate(factors):
         fan_in = f.weight[0].numel()
         gain = 2.0 if i == len(factors) - 1 else 1.0
         nn.init.normal_(f.weight, std=(gain / fan_in) ** 0.5)
-    return layer
 
 
-def compress(dense: nn.Module, kind: str, backend: str) -> nn.Module:
-    """``dense`` with every conv but the first replaced (same random factors for every backend)."""
+def compress(dense: nn.Module, kind: str, backend: str, plan: Optional[List[dict]] = None) -> nn.Module:
+    """``dense`` with every conv but the first replaced (same random factors for every backend), or,
+    for ``kind == "plan"``, every layer of ``plan`` ({name, method, ranks}) as planned."""
     model = copy.deepcopy(dense)
+    if kind == "plan":
+        for layer in plan:
+            if layer["method"] != "dense":
+                torch.manual_seed(len(layer["name"]))
+                new = empty_layer(get_module(model, layer["name"]), layer["method"], layer["ranks"], backend)
+                _variance_preserving(new)
+                replace_module(model, layer["name"], new)
+        return model
     convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
     for n, i in enumerate(convs[1:], start=1):
         method = kind if kind != "mix" else ("cp" if n % 2 == 0 else "tucker")
@@ -88,14 +108,32 @@ def load_average() -> List[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def build_variants(kind: str, dense: nn.Module, compiled_dense, use_compile: bool) -> Dict[str, Callable]:
-    chain = compress(dense, kind, "torch").eval().to(memory_format=torch.channels_last)
-    fused = compress(dense, kind, "fused").eval().to(memory_format=torch.channels_last)
-    prepared = prepare_inference(fused)
-    variants = {"dense": dense, "chain": chain, "mtd": fused, "mtd+prepare": prepared}
+def load_plan(path: str, step: Optional[str]) -> tuple:
+    """The per-layer plan ({name, method, ranks}) of a cifar_cpu_full*.json step, and what it came from."""
+    results = json.loads(open(path).read())
+    steps = {k: v for k, v in results["steps"].items() if v.get("method") == "mtd" and "layers" in v}
+    if not steps:
+        raise SystemExit(f"{path} has no finished mtd step with a plan")
+    step = step or max(steps, key=lambda k: steps[k]["param_ratio"])
+    if step not in steps:
+        raise SystemExit(f"{path} has no mtd step {step!r}; it has {sorted(steps)}")
+    layers = [{k: layer[k] for k in ("name", "method", "ranks")} for layer in steps[step]["layers"]]
+    info = {"file": os.path.basename(path), "step": step, "model": results.get("model", "vgg11"),
+            "param_ratio": round(steps[step]["param_ratio"], 2)}
+    return layers, info
+
+
+def build_variants(kind: str, dense: nn.Module, compiled_dense, use_compile: bool,
+                   plan: Optional[List[dict]] = None) -> Dict[str, Callable]:
+    chain = compress(dense, kind, "torch", plan).eval().to(memory_format=torch.channels_last)
+    fused = compress(dense, kind, "fused", plan).eval().to(memory_format=torch.channels_last)
+    prepared = prepare_inference(fused, rank_space=False)
+    rank = prepare_inference(fused)
+    variants = {"dense": dense, "chain": chain, "mtd": fused, "mtd+prepare": prepared, "mtd+rank": rank}
     if use_compile:
         variants.update({"compile(dense)": compiled_dense, "compile(chain)": torch.compile(chain),
-                         "compile(mtd)": torch.compile(fused), "compile(mtd+prepare)": torch.compile(prepared)})
+                         "compile(mtd)": torch.compile(fused), "compile(mtd+prepare)": torch.compile(prepared),
+                         "compile(mtd+rank)": torch.compile(rank)})
     return variants
 
 
@@ -141,8 +179,11 @@ def summarise(rows: List[dict]) -> List[dict]:
 
 def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict]) -> None:
     names = [v for v in VARIANTS if v in rows[0]["median_ms"]]
+    plans = {r["plan"]["step"]: r["plan"] for r in rows if "plan" in r}
     lines = [f"# VGG16 (CIFAR, width 1) compressed ~{meta['param_ratio']}x on CPU", "",
-             f"Machine: {meta['machine']['cpu']}, {meta['machine']['threads']} threads, torch "
+             *[f"Model `plan`: {p['model'].upper()} width 1 as step `{s}` of `{p['file']}` planned it "
+               f"({p['param_ratio']}x fewer parameters in all), beside its own dense model.\n" for s, p in plans.items()],
+             f"Machine: {meta['machine']['cpu']} ({meta['machine'].get('avx', '?')}), {meta['machine']['threads']} threads, torch "
              f"{meta['machine']['torch']}; load average before/after: {meta['load_before']} / {meta['load_after']}. "
              f"Median over {meta['rounds']} interleaved rounds of {meta['calls']} calls (ms per batch).", "",
              "| model | batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -165,6 +206,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: CP only, batch 1, 2 rounds, no torch.compile")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--plan-from", default=None, help="a cifar_cpu_full*.json results file: adds the model 'plan'")
+    ap.add_argument("--plan-step", default=None, help="its step to rebuild (default: the most compressed mtd step)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
@@ -189,10 +232,20 @@ def main() -> None:
     dense = mtd.models.build_model("vgg16", width=1).eval().to(memory_format=torch.channels_last)
     compiled_dense = None if args.no_compile else torch.compile(dense)
     ratio = round(conv_params(dense) / conv_params(compress(dense, "cp", "torch")), 1)
+    plan, plan_info = None, None
+    if args.plan_from:
+        plan, plan_info = load_plan(args.plan_from, args.plan_step)
+        args.kinds = [*args.kinds, "plan"]
+        print(f"plan: {plan_info}", flush=True)
     rows: List[dict] = []
     with torch.no_grad():
         for kind in args.kinds:
-            variants = build_variants(kind, dense, compiled_dense, not args.no_compile)
+            if kind == "plan":  # the planned model beside its own dense architecture
+                torch.manual_seed(0)
+                dense = mtd.models.build_model(plan_info["model"], width=1).eval().to(
+                    memory_format=torch.channels_last)
+                compiled_dense = None if args.no_compile else torch.compile(dense)
+            variants = build_variants(kind, dense, compiled_dense, not args.no_compile, plan)
             variants = {name: variants[name] for name in VARIANTS if name in variants}
             kind_ratio = round(conv_params(dense) / conv_params(variants["chain"]), 1)
             for batch in args.batches:
@@ -202,6 +255,7 @@ def main() -> None:
                 times = measure(variants, x, args.rounds, calls)
                 med = {name: statistics.median(ts) for name, ts in times.items()}
                 rows.append({"kind": kind, "batch": batch, "conv_param_ratio": kind_ratio,
+                             **({"plan": plan_info} if kind == "plan" else {}),
                              "median_ms": {k: round(v, 3) for k, v in med.items()},
                              "times_ms": {k: [round(t, 3) for t in v] for k, v in times.items()},
                              "rel_diff_vs_chain": {k: float(f"{v:.2e}") for k, v in rel.items()}})

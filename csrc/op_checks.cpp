@@ -71,6 +71,72 @@ void check_tucker_shapes(const at::Tensor& w_first, const at::Tensor& w_core, co
                     w_first.sizes(), ", ", w_core.sizes(), ", ", w_last.sizes());
 }
 
+namespace {
+bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+void check_like(const at::Tensor& x, const at::Tensor& t, const char* what) {
+  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type() && t.device() == x.device(), "mtd.rank_bridge: ", what,
+                    " must match the input's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                    t.scalar_type(), " on ", t.device());
+}
+}  // namespace
+
+int64_t check_bridge(const at::Tensor& x, at::TensorList spatial, const std::optional<at::Tensor>& w_last,
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_next,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "mtd.rank_bridge: input must be 4-D (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK_VALUE(spatial.size() == 1 || spatial.size() == 2,
+                    "mtd.rank_bridge: spatial must hold one factor (depthwise or dense core) or two (CP4 "
+                    "vertical, horizontal), got ", spatial.size());
+  for (const auto& w : spatial) {
+    TORCH_CHECK_VALUE(w.dim() == 4, "mtd.rank_bridge: every factor must be a 4-D conv weight, got shape ",
+                      shape_str(w));
+    check_like(x, w, "factors");
+  }
+  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                    "mtd.rank_bridge: stride, padding and dilation must be pairs");
+  TORCH_CHECK_VALUE(std::min(stride[0], stride[1]) >= 1 && std::min(dilation[0], dilation[1]) >= 1 &&
+                        std::min(padding[0], padding[1]) >= 0,
+                    "mtd.rank_bridge: stride and dilation must be >= 1 and padding >= 0, got stride=", stride,
+                    " padding=", padding, " dilation=", dilation);
+  const int64_t c = x.size(1);
+  int64_t r2 = 0;
+  if (spatial.size() == 2) {
+    const at::Tensor& v = spatial[0];
+    const at::Tensor& h = spatial[1];
+    TORCH_CHECK_VALUE(v.size(0) == c && v.size(1) == 1 && v.size(3) == 1 && h.size(0) == c && h.size(1) == 1 &&
+                          h.size(2) == 1,
+                      "mtd.rank_bridge: a CP4 pair must be (C, 1, kh, 1) and (C, 1, 1, kw) for the input's C = ", c,
+                      " channels; got ", v.sizes(), ", ", h.sizes());
+    r2 = c;
+  } else {
+    const at::Tensor& w = spatial[0];
+    const bool dense = w.size(1) == c;
+    const bool depthwise = w.size(1) == 1 && w.size(0) == c;
+    TORCH_CHECK_VALUE(dense || depthwise, "mtd.rank_bridge: the spatial factor must be depthwise (C, 1, kh, kw) or "
+                      "dense (R2, C, kh, kw) for the input's C = ", c, " channels; got ", w.sizes());
+    r2 = w.size(0);
+  }
+  int64_t t = r2;
+  if (given(w_last)) {
+    check_like(x, *w_last, "w_last");
+    TORCH_CHECK_VALUE(w_last->dim() == 4 && w_last->size(1) == r2 && w_last->size(2) == 1 && w_last->size(3) == 1,
+                      "mtd.rank_bridge: w_last must be (T, ", r2, ", 1, 1), got ", shape_str(*w_last));
+    t = w_last->size(0);
+  }
+  if (given(bias)) {
+    check_like(x, *bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == t, "mtd.rank_bridge: bias must have shape (", t,
+                      ",), got ", shape_str(*bias));
+  }
+  if (given(w_next)) {
+    check_like(x, *w_next, "w_next");
+    TORCH_CHECK_VALUE(w_next->dim() == 4 && w_next->size(1) == t && w_next->size(2) == 1 && w_next->size(3) == 1,
+                      "mtd.rank_bridge: w_next must be (R, ", t, ", 1, 1), got ", shape_str(*w_next));
+  }
+  return r2;
+}
+
 int64_t conv_out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
   const int64_t num = size + 2 * p - d * (k - 1) - 1;
   return (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;

@@ -22,6 +22,12 @@ void check_cp4_shapes(const at::Tensor& w_first, const at::Tensor& w_vertical, c
                       const at::Tensor& w_last);
 void check_tucker_shapes(const at::Tensor& w_first, const at::Tensor& w_core, const at::Tensor& w_last);
 
+// rank_bridge: the spatial stage's kind (depthwise, CP4 pair or dense/Tucker core), w_last, bias and w_next
+// chain onto the input's channels; the geometry is valid. Returns the channels leaving the spatial stage.
+int64_t check_bridge(const at::Tensor& x, at::TensorList spatial, const std::optional<at::Tensor>& w_last,
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_next,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+
 // floor((size + 2p - d(k-1) - 1) / s) + 1, flooring a negative numerator like torch and Python do
 // (truncating would turn an input smaller than the kernel into a 1-pixel output).
 int64_t conv_out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d);

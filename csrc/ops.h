@@ -22,6 +22,12 @@ at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              bool relu);
 
+// Rank space: layer i's spatial factor(s) -> its last 1x1 + bias [ReLU] [2x2 max-pool] -> layer i+1's first 1x1
+at::Tensor rank_bridge_cpu(const at::Tensor& input, at::TensorList spatial, const std::optional<at::Tensor>& w_last,
+                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_next,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu,
+                           bool pool);
+
 #ifdef MTD_WITH_CUDA
 at::Tensor cp_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,
                           const at::Tensor& w_last, const std::optional<at::Tensor>& bias,

@@ -12,6 +12,7 @@ TORCH_LIBRARY_IMPL(mtd, CPU, m) {
   m.impl("cp_conv2d", &mtd::cp_conv2d_cpu);
   m.impl("cp4_conv2d", &mtd::cp4_conv2d_cpu);
   m.impl("tucker_conv2d", &mtd::tucker_conv2d_cpu);
+  m.impl("rank_bridge", &mtd::rank_bridge_cpu);
 }
 
 namespace {

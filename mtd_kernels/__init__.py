@@ -1,4 +1,4 @@
-"""mtd_kernels — the ``torch.ops.mtd`` ops: fused CP / CP4 / Tucker-2 convolutions.
+"""mtd_kernels — the ``torch.ops.mtd`` ops: fused CP / CP4 / Tucker-2 convolutions and the cross-layer rank bridge.
 
 Importing is safe on any machine: no GPU is queried, Triton is optional, and a missing compiled
 extension only means the CPU ops run their (warned-about) pure-PyTorch implementation.
@@ -10,14 +10,13 @@ forces one, ``MTD_CPU_PATH`` is its old name; :func:`cpu_path_cache` shows the c
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ._loader import extension_error, load_extension
 from ._register import register_all, register_cpu_fallbacks
 from .dispatch import cuda_backend, cuda_kernels, set_cuda_backend, set_cuda_kernels
-from .ops._chain import pair
+from .ops import OPS
+from .ops._signature import function
 
 register_all()  # defines the schemas: must come before the extension registers its CPU kernels
 _ext = load_extension()
@@ -46,33 +45,15 @@ def cuda_extension_available() -> bool:
     return _ext is not None and bool(getattr(_ext, "has_cuda", lambda: False)())
 
 
-def cp_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_depthwise: torch.Tensor, w_last: torch.Tensor,
-              bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
-              relu: bool = False) -> torch.Tensor:
-    """Fused CP3 conv; see :mod:`mtd_kernels.ops.cp_conv2d` for shapes."""
-    return torch.ops.mtd.cp_conv2d(x, w_first, w_depthwise, w_last, bias, pair(stride, "stride"),
-                                   pair(padding, "padding"), pair(dilation, "dilation"), relu)
-
-
-def cp4_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_vertical: torch.Tensor, w_horizontal: torch.Tensor,
-               w_last: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0,
-               dilation=1, relu: bool = False) -> torch.Tensor:
-    """Fused CP4 conv; see :mod:`mtd_kernels.ops.cp4_conv2d` for shapes."""
-    return torch.ops.mtd.cp4_conv2d(x, w_first, w_vertical, w_horizontal, w_last, bias,
-                                    pair(stride, "stride"), pair(padding, "padding"),
-                                    pair(dilation, "dilation"), relu)
-
-
-def tucker_conv2d(x: torch.Tensor, w_first: torch.Tensor, w_core: torch.Tensor, w_last: torch.Tensor,
-                  bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
-                  relu: bool = False) -> torch.Tensor:
-    """Fused Tucker-2 conv; see :mod:`mtd_kernels.ops.tucker_conv2d` for shapes."""
-    return torch.ops.mtd.tucker_conv2d(x, w_first, w_core, w_last, bias, pair(stride, "stride"),
-                                       pair(padding, "padding"), pair(dilation, "dilation"), relu)
+# mtd_kernels.cp_conv2d, cp4_conv2d, tucker_conv2d, rank_bridge: each op with its schema's signature and defaults
+for _op in OPS.values():
+    globals()[_op.name] = function(_op.schema, getattr(torch.ops.mtd, _op.name), _op.name,
+                                   f"torch.ops.mtd.{_op.name} with the defaults of its schema.\n{_op.doc}")
+del _op
 
 
 __all__ = [
-    "cp_conv2d", "cp4_conv2d", "tucker_conv2d", "extension_available", "cuda_extension_available",
+    *OPS, "extension_available", "cuda_extension_available",
     "extension_error", "cuda_kernels", "set_cuda_kernels", "cuda_backend", "set_cuda_backend", "cpu_path_cache",
     "clear_cpu_path_cache",
 ]

@@ -12,6 +12,7 @@ from ._library import LIB
 from ._loader import extension_error
 from .dispatch import cuda_kernel
 from .ops import SPECS, OpSpec
+from .ops import rank_bridge as bridge
 from .ops._chain import chain_backward, empty_output, reference_forward
 
 _warned_fallback = False
@@ -70,10 +71,62 @@ def _register(spec: OpSpec) -> None:
         return kernel(*call.kernel_args())
 
 
+def _register_bridge() -> None:
+    """``mtd::rank_bridge``: the same four entries, from its description in ``ops/rank_bridge.py``."""
+    LIB.define(bridge.SCHEMA)
+    qualname = f"mtd::{bridge.NAME}"
+
+    @torch.library.register_fake(qualname)
+    def _fake(*args, **kwargs):
+        call = bridge.parse(args, kwargs)
+        return call.x.new_empty(bridge.output_shape(call)).contiguous(memory_format=bridge.layout(call.x))
+
+    def setup_context(ctx, inputs, output):
+        call = bridge.parse(inputs)
+        ctx.geometry = (call.stride, call.padding, call.dilation, call.relu, call.pool)
+        ctx.n_spatial = len(call.spatial)
+        ctx.present = [t is not None for t in (call.w_last, call.bias, call.w_next)]
+        ctx.save_for_backward(call.x, *call.spatial, *[t for t in (call.w_last, call.bias, call.w_next) if t is not None])
+
+    def backward(ctx, grad):
+        # Recomputes the plain stages and differentiates them: the bridge serves inference, so its
+        # backward favours memory (nothing saved but the inputs) over speed.
+        saved = list(ctx.saved_tensors)
+        x, spatial, rest = saved[0], saved[1:1 + ctx.n_spatial], iter(saved[1 + ctx.n_spatial:])
+        optional = [next(rest) if present else None for present in ctx.present]
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip([x, *spatial, *optional], ctx.needs_input_grad_flat)]
+        with torch.enable_grad():
+            stride, padding, dilation, relu, pool = ctx.geometry
+            call = bridge.BridgeCall(leaves[0], leaves[1:1 + ctx.n_spatial], *leaves[1 + ctx.n_spatial:], stride,
+                                     padding, dilation, relu, pool)
+            out = bridge.forward(call)
+            wanted = [t for t in leaves if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else [])
+        flat = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
+        return (flat[0], flat[1:1 + ctx.n_spatial], *flat[1 + ctx.n_spatial:], None, None, None, None, None)
+
+    def setup_and_flags(ctx, inputs, output):
+        setup_context(ctx, inputs, output)
+        spatial_needs = ctx.needs_input_grad[1]
+        spatial_needs = list(spatial_needs) if isinstance(spatial_needs, (list, tuple)) else [spatial_needs] * ctx.n_spatial
+        ctx.needs_input_grad_flat = [ctx.needs_input_grad[0], *spatial_needs, *ctx.needs_input_grad[2:5]]
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_and_flags)
+
+    @torch.library.impl(qualname, "CUDA", lib=LIB)
+    def _cuda(*args, **kwargs):
+        call = bridge.parse(args, kwargs)
+        bridge.output_shape(call)  # the same ValueErrors as on CPU
+        kernel = cuda_kernel(bridge.NAME, call.x.dtype)
+        return bridge.forward(call) if kernel is None else kernel(*args, **kwargs)
+
+
 def register_all() -> None:
     """Define and register every op (once, at ``import mtd_kernels``)."""
     for spec in SPECS.values():
         _register(spec)
+    _register_bridge()
 
 
 def register_cpu_fallbacks() -> None:
@@ -85,3 +138,9 @@ def register_cpu_fallbacks() -> None:
             return _spec.reference(*args, **kwargs)
 
         LIB.impl(name, _cpu, "CPU")
+
+    def _bridge_cpu(*args, **kwargs):
+        _warn_fallback_once()
+        return bridge.reference(*args, **kwargs)
+
+    LIB.impl(bridge.NAME, _bridge_cpu, "CPU")

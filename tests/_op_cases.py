@@ -1,5 +1,6 @@
-"""Shared by the GPU-kernel tests (Triton interpreter, CUDA device): the test case, its inputs, the
-float64 reference and the tolerance check, so both files test the kernels the same way."""
+"""Shared by the kernel tests (CPU, Triton interpreter, CUDA device): the test cases, their inputs, the
+float64 reference and the tolerance check, so every backend is tested the same way. ``Case`` is for the
+chain ops, ``BridgeCase`` for ``rank_bridge``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,3 +74,76 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
     bound = tol * ref.abs().max().clamp_min(1.0) + tol * ref.abs()
     worst = (err - bound).max().item()
     assert worst <= 0, f"max abs error {err.max().item():.3e} exceeds tolerance {tol:g} (by {worst:.3e})"
+
+
+# ---- rank_bridge ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BridgeCase:
+    kind: str  # depthwise | cp4 | tucker | dense (the spatial stage is the layer: no w_last)
+    n: int
+    r1: int
+    hw: Tuple[int, int]
+    t: int
+    r_next: int = 0  # 0: no w_next (a run's tail)
+    pool: bool = True
+    relu: bool = True
+    bias: bool = True
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (1, 1)
+    dilation: Tuple[int, int] = (1, 1)
+
+    def __str__(self) -> str:
+        return (f"{self.kind}-n{self.n}r{self.r1}t{self.t}x{self.r_next}-{self.hw[0]}x{self.hw[1]}"
+                f"{'-pool' if self.pool else ''}{'' if self.relu else '-norelu'}{'' if self.bias else '-nobias'}")
+
+
+# Small first (the Triton interpreter runs BRIDGE_CASES[:6]); the others reach every CPU tiling branch.
+BRIDGE_CASES = [
+    BridgeCase("depthwise", 2, 8, (9, 7), 12, 5),  # odd map: the pool drops a row and a column
+    BridgeCase("cp4", 2, 8, (9, 7), 12, 5, stride=(2, 1), padding=(2, 1), dilation=(2, 1)),
+    BridgeCase("tucker", 2, 8, (8, 8), 12, 5, pool=False, bias=False),
+    BridgeCase("dense", 3, 3, (10, 10), 16, 6),  # a network's first conv: the image is the input
+    BridgeCase("depthwise", 1, 20, (6, 5), 9, 0, pool=False, relu=False),  # the tail: T channels out
+    BridgeCase("tucker", 1, 6, (10, 6), 33, 0),  # the tail, pooled
+    BridgeCase("depthwise", 3, 40, (32, 32), 200, 30),  # row chunks, several T chunks
+    BridgeCase("cp4", 1, 20, (33, 31), 300, 17, padding=(2, 2)),  # 1 image, many row chunks
+    BridgeCase("tucker", 64, 16, (2, 2), 520, 16),  # tiny maps: several images per task, 1x1 pooled output
+    BridgeCase("dense", 7, 12, (4, 6), 40, 0, pool=False),  # dense between rank-space layers: T in, T out
+]
+
+
+def make_bridge_args(c: BridgeCase, dtype: torch.dtype, layout: str = "channels_last", seed: int = 0) -> tuple:
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) / max(1, shape[1]) ** 0.5).to(dtype)
+
+    kh = kw = 3
+    if c.kind == "depthwise":
+        spatial, r2 = [rnd(c.r1, 1, kh, kw)], c.r1
+    elif c.kind == "cp4":
+        spatial, r2 = [rnd(c.r1, 1, kh, 1), rnd(c.r1, 1, 1, kw)], c.r1
+    else:
+        r2 = c.t if c.kind == "dense" else c.r1 + 3  # R1 != R2 catches swapped core indices
+        spatial = [rnd(r2, c.r1, kh, kw)]
+    w_last = rnd(c.t, r2, 1, 1) if c.kind != "dense" else None
+    bias = rnd(c.t, 1)[:, 0] if c.bias else None
+    w_next = rnd(c.r_next, c.t, 1, 1) if c.r_next else None
+    if layout == "view":
+        x = torch.randn(c.n, c.r1, c.hw[0], 2 * c.hw[1], generator=gen, dtype=torch.float64).to(dtype)[..., ::2]
+    else:
+        x = torch.randn(c.n, c.r1, *c.hw, generator=gen, dtype=torch.float64).to(dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return (x, spatial, w_last, bias, w_next, list(c.stride), list(c.padding), list(c.dilation), c.relu, c.pool)
+
+
+def map_tensors(fn, args: tuple) -> tuple:
+    """``args`` with ``fn`` applied to every tensor, also inside lists (the bridge's spatial factors)."""
+    one = lambda a: fn(a) if isinstance(a, torch.Tensor) else a  # noqa: E731
+    return tuple([one(v) for v in a] if isinstance(a, list) else one(a) for a in args)
+
+
+def bridge_reference_output(args: tuple) -> torch.Tensor:
+    """The bridge's plain-PyTorch stages in float64 on the CPU, on the same (rounded) inputs."""
+    return reference.rank_bridge_ref(*map_tensors(lambda t: t.detach().cpu().double(), args))

@@ -24,7 +24,8 @@ import torch
 pytest.importorskip("triton")
 
 from mtd_kernels import dispatch  # noqa: E402
-from _op_cases import DTYPES, OPS, Case, assert_close, make_inputs, reference_output  # noqa: E402
+from _op_cases import (BRIDGE_CASES, DTYPES, OPS, Case, assert_close, bridge_reference_output,  # noqa: E402
+                       make_bridge_args, make_inputs, reference_output)
 
 
 def _interpreter_active() -> bool:
@@ -234,3 +235,33 @@ def test_kernels_compile_for_sm90_without_a_gpu(op, dtype, precision, tmp_path, 
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": config.num_warps, "num_stages": config.num_stages})
     assert compiled.asm.get("cubin"), f"{op} ({dtype}, {precision}) produced no cubin"
+
+
+@interpreted
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("case", BRIDGE_CASES[:6], ids=str)
+def test_rank_bridge_matches_reference(tk, case, layout):
+    args = make_bridge_args(case, torch.float32, layout)
+    out = tk.rank_bridge(*args, allow_tf32=False)
+    assert_close(out, bridge_reference_output(args), TOLERANCE["float32"])
+    assert _expected_layout_ok(args[0], out)
+
+
+@interpreted
+def test_rank_bridge_low_precision_and_masks(tk):
+    args = make_bridge_args(BRIDGE_CASES[0], torch.float16, seed=2)
+    out = tk.rank_bridge(*args)
+    assert out.dtype == torch.float16
+    assert_close(out, bridge_reference_output(args), TOLERANCE["float16"])
+    args = make_bridge_args(BRIDGE_CASES[1], torch.float32, seed=3)
+    ref = bridge_reference_output(args)
+    n, c, h, w = ref.shape
+    buffer = torch.full((n, c + 2, h + 1, w + 3), float("nan"))
+    view = buffer[:, 1 : c + 1, 1:, 2 : w + 2]
+    tk.rank_bridge(*args, allow_tf32=False, out=view)
+    assert_close(view, ref, TOLERANCE["float32"])
+    outside = torch.ones_like(buffer, dtype=torch.bool)
+    outside[:, 1 : c + 1, 1:, 2 : w + 2] = False
+    assert torch.isnan(buffer[outside]).all(), "the kernel wrote outside its output"
+    with pytest.raises(ValueError, match="too small for the 2x2 max-pool"):
+        tk.rank_bridge(args[0][:, :, :1], *args[1:])

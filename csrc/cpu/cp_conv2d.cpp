@@ -2,38 +2,13 @@
 // Per task (image, chunk of output rows): U = first 1x1 of the rows the chunk reads (one GEMM),
 // V = depthwise of U vectorised over R, output tile = last 1x1 of V (one GEMM) + bias/ReLU in cache.
 #include "cpu/fused_pipeline.h"
+#include "cpu/middle_stages.h"
 #include "cpu/path_choice.h"
 #include "op_checks.h"
 #include "ops.h"
 
 namespace mtd {
 namespace {
-
-template <typename T>
-struct CpDepthwise {
-  int64_t r1, r2;       // both R
-  const T* w;           // (kh*kw, R): tap-major so the stencil reads R contiguous weights per tap
-  cpu::Window g;
-
-  int64_t extra_elems(int64_t /*rows_out*/) const { return 0; }
-
-  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* /*extra*/, T* v) const {
-    cpu::depthwise_chunk(u, lo, rows_in, g.w, r1, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw, g.wo, oh0,
-                         oh1, w, v);  // (rows_in, W, R) -> (oh1-oh0, Wo, R)
-  }
-
-  // whole map (H, W, R) -> (Ho, Wo, R), channels split into `blocks` parallel pieces
-  void run_channel_split(const T* u, T* /*extra*/, T* v, int64_t blocks) const {
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const auto [c0, c1] = cpu::channel_block(r1, blocks, b);
-        if (c0 >= c1) continue;
-        cpu::depthwise_chunk(u + c0, 0, g.h, g.w, c1 - c0, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw,
-                             g.wo, 0, g.ho, w + c0, v + c0);
-      }
-    });
-  }
-};
 
 at::Tensor cp_chain(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_dw,
                     const at::Tensor& w_last, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -59,7 +34,7 @@ at::Tensor cp_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first, con
     const at::Tensor w_taps = w_depthwise.reshape({r, kh * kw}).t().contiguous();  // (kh*kw, R)
     at::Tensor out;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cp_conv2d_cpu", [&] {
-      const CpDepthwise<scalar_t> mid{r, r, w_taps.data_ptr<scalar_t>(), g};
+      const cpu::CpDepthwise<scalar_t> mid{r, r, w_taps.data_ptr<scalar_t>(), g};
       out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
     });
     return out;

@@ -118,34 +118,42 @@ at::Tensor cm_view(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 
 template <typename T>
 void gemm_fallback(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                   int64_t ldb, T* c, int64_t ldc) {
+                   int64_t ldb, T* c, int64_t ldc, bool accumulate) {
   at::Tensor av = ta ? cm_view(a, k, m, lda).t() : cm_view(a, m, k, lda);
   at::Tensor bv = tb ? cm_view(b, n, k, ldb).t() : cm_view(b, k, n, ldb);
   at::Tensor cv = cm_view(c, m, n, ldc);
-  cv.copy_(at::mm(av, bv));
+  if (accumulate) {
+    cv.add_(at::mm(av, bv));
+  } else {
+    cv.copy_(at::mm(av, bv));
+  }
 }
 }  // namespace
 
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float* c, int64_t ldc) {
+          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   if (m <= 0 || n <= 0) return;
   const sgemm_fn fn = blas_sgemm();
-  if (fn == nullptr || !fits_int(m, n, k, lda, ldb, ldc)) return gemm_fallback(ta, tb, m, n, k, a, lda, b, ldb, c, ldc);
+  if (fn == nullptr || !fits_int(m, n, k, lda, ldb, ldc)) {
+    return gemm_fallback(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  }
   const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
   const int im = int(m), in = int(n), ik = int(k), ila = int(lda), ilb = int(ldb), ilc = int(ldc);
-  const float one = 1.f, zero = 0.f;
-  fn(&tra, &trb, &im, &in, &ik, &one, a, &ila, b, &ilb, &zero, c, &ilc);
+  const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+  fn(&tra, &trb, &im, &in, &ik, &one, a, &ila, b, &ilb, &beta, c, &ilc);
 }
 
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-          int64_t ldb, double* c, int64_t ldc) {
+          int64_t ldb, double* c, int64_t ldc, bool accumulate) {
   if (m <= 0 || n <= 0) return;
   const dgemm_fn fn = blas_dgemm();
-  if (fn == nullptr || !fits_int(m, n, k, lda, ldb, ldc)) return gemm_fallback(ta, tb, m, n, k, a, lda, b, ldb, c, ldc);
+  if (fn == nullptr || !fits_int(m, n, k, lda, ldb, ldc)) {
+    return gemm_fallback(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  }
   const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
   const int im = int(m), in = int(n), ik = int(k), ila = int(lda), ilb = int(ldb), ilc = int(ldc);
-  const double one = 1., zero = 0.;
-  fn(&tra, &trb, &im, &in, &ik, &one, a, &ila, b, &ilb, &zero, c, &ilc);
+  const double one = 1., beta = accumulate ? 1. : 0.;
+  fn(&tra, &trb, &im, &in, &ik, &one, a, &ila, b, &ilb, &beta, c, &ilc);
 }
 
 }  // namespace cpu

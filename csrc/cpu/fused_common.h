@@ -13,6 +13,14 @@
 #include <utility>
 #include <vector>
 
+// Builds a function once per x86 ISA level (AVX-512, AVX2+FMA, baseline); the loader picks the widest
+// the CPU has, so the wheel needs no -march flag yet uses the wide vector units where they exist.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MTD_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MTD_ISA_CLONES
+#endif
+
 namespace mtd {
 namespace cpu {
 
@@ -41,12 +49,12 @@ at::Tensor finish_chain(const at::Tensor& x, at::Tensor y, bool relu);
 // True when the fused path handles this call (fp32/fp64, non-empty).
 bool fused_supported(const at::Tensor& x, int64_t r1, int64_t r2, int64_t t);
 
-// ----- column-major BLAS GEMM on raw pointers: C(m,n) = op(A)(m,k) * op(B)(k,n), beta = 0 -----
-// Uses the BLAS inside libtorch (MKL sgemm_/dgemm_) when exported, else at::mm_out on views.
+// ----- column-major BLAS GEMM on raw pointers: C(m,n) = op(A)(m,k) * op(B)(k,n) [+ C if accumulate] -----
+// Uses the BLAS inside libtorch (MKL sgemm_/dgemm_) when exported, else at::mm on views.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float* c, int64_t ldc);
+          const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate = false);
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-          const double* b, int64_t ldb, double* c, int64_t ldc);
+          const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate = false);
 
 // ----- depthwise stencil over one output row, vectorised over channels (stencil_kernels.cpp) -----
 // dst (wo, r) = sum over the valid taps of w[ki*kw + kj, :] * src[row_off[i] + (ow*sw - pw + kj*dw) * ld, :]

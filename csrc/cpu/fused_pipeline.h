@@ -78,11 +78,7 @@ void run_channel_split(const T* xp, int64_t n, int64_t s, bool nhwc, const T* wf
   }
 }
 
-// The fused pipeline. `Middle` provides:
-//   int64_t r1, r2;                       ranks entering / leaving the middle stage
-//   int64_t extra_elems(int64_t rows_out) scratch the middle stage needs besides U and V
-//   void run(const T* u, int64_t ih_lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* extra, T* v) const
-//   void run_channel_split(const T* u, T* extra, T* v, int64_t blocks) const   (whole map, parallel)
+// The fused pipeline. `Middle` is one of the stages of cpu/middle_stages.h (its interface is described there).
 template <typename T, typename Middle>
 at::Tensor run_fused(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_last,
                      const std::optional<at::Tensor>& bias, bool relu, const Window& g, const Middle& mid) {

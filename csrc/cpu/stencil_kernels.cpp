@@ -4,12 +4,6 @@
 // so the wheel needs no -march flag yet uses the wide vector units where the CPU has them.
 #include "cpu/fused_common.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MTD_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MTD_ISA_CLONES
-#endif
-
 namespace mtd {
 namespace cpu {
 namespace {

@@ -1,10 +1,33 @@
-"""The op specifications of ``torch.ops.mtd.*`` (one op per file): schema, chain, argument check.
+"""The op descriptions of ``torch.ops.mtd.*`` (one op per file): schema, argument check, stages, reference.
 
-Nothing here registers anything or knows about a backend (see ``mtd_kernels/_register.py``).
+``SPECS`` holds the chain ops (one conv chain each: cp_conv2d, cp4_conv2d, tucker_conv2d); ``OPS`` every
+op, the cross-layer ``rank_bridge`` too, as the :class:`OpDescription` from which the Python functions
+``mtd_kernels.<op>`` and ``mtd_kernels.reference.<op>_ref`` are generated. Nothing here registers anything
+or knows about a backend (see ``mtd_kernels/_register.py``).
 """
-from . import cp4_conv2d, cp_conv2d, tucker_conv2d
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import cp4_conv2d, cp_conv2d, rank_bridge, tucker_conv2d
 from ._spec import Call, OpSpec
 
 SPECS = {spec.name: spec for spec in (cp_conv2d.SPEC, cp4_conv2d.SPEC, tucker_conv2d.SPEC)}
 
-__all__ = ["SPECS", "OpSpec", "Call"]
+
+@dataclass(frozen=True)
+class OpDescription:
+    name: str
+    schema: str
+    doc: str  # the op file's docstring: shapes of every argument
+    reference: Callable  # the checked plain-PyTorch implementation, the op's own arguments
+
+
+OPS = {
+    **{name: OpDescription(name, spec.schema, module.__doc__, spec.reference)
+       for (name, spec), module in zip(SPECS.items(), (cp_conv2d, cp4_conv2d, tucker_conv2d))},
+    rank_bridge.NAME: OpDescription(rank_bridge.NAME, rank_bridge.SCHEMA, rank_bridge.__doc__, rank_bridge.reference),
+}
+
+__all__ = ["SPECS", "OPS", "OpDescription", "OpSpec", "Call"]

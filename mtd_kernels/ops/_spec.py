@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ._chain import Pair, Stage, output_shape, pair, reference_forward
+from ._signature import bind
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,11 @@ class OpSpec:
 
     def parse(self, args: Sequence, kwargs: Optional[dict] = None) -> Call:
         """The op's arguments as a :class:`Call` (the dispatcher may pass trailing ones by keyword)."""
-        kwargs = kwargs or {}
-        args = list(args)
-        names = ["bias", "stride", "padding", "dilation", "relu"]
-        defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "relu": False}
-        tail = args[1 + self.n_weights:]
-        values = {n: (tail[i] if i < len(tail) else kwargs.get(n, defaults[n])) for i, n in enumerate(names)}
-        return Call(args[0], list(args[1:1 + self.n_weights]), values["bias"], pair(values["stride"], "stride"),
-                    pair(values["padding"], "padding"), pair(values["dilation"], "dilation"),
-                    bool(values["relu"]))
+        values = list(bind(self.schema, args, kwargs).values())
+        x, weights = values[0], values[1:1 + self.n_weights]
+        bias, stride, padding, dilation, relu = values[1 + self.n_weights:]
+        return Call(x, list(weights), bias, pair(stride, "stride"), pair(padding, "padding"),
+                    pair(dilation, "dilation"), bool(relu))
 
     def validate(self, call: Call) -> Tuple[int, int, int, int]:
         """The one argument check of every backend: ValueError for bad input, else the output shape."""

@@ -16,7 +16,7 @@ from ._spec import OpSpec
 
 SCHEMA = (
     "cp4_conv2d(Tensor input, Tensor w_first, Tensor w_vertical, Tensor w_horizontal, Tensor w_last, "
-    "Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, bool relu=False) -> Tensor"
+    "Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, bool relu=False) -> Tensor"
 )
 
 

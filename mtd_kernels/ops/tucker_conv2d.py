@@ -14,8 +14,8 @@ from ._chain import Stage, check_common
 from ._spec import OpSpec
 
 SCHEMA = (
-    "tucker_conv2d(Tensor input, Tensor w_first, Tensor w_core, Tensor w_last, Tensor? bias, "
-    "int[2] stride, int[2] padding, int[2] dilation, bool relu=False) -> Tensor"
+    "tucker_conv2d(Tensor input, Tensor w_first, Tensor w_core, Tensor w_last, Tensor? bias=None, "
+    "int[2] stride=1, int[2] padding=0, int[2] dilation=1, bool relu=False) -> Tensor"
 )
 
 

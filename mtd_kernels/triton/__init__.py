@@ -1,6 +1,6 @@
-"""Fused Triton kernels of the three ops (optional: everything here works without Triton installed).
+"""Fused Triton kernels of the ops (optional: everything here works without Triton installed).
 
-``mtd_kernels.triton.cp_conv2d / cp4_conv2d / tucker_conv2d`` take the op's arguments and return
+``mtd_kernels.triton.cp_conv2d / cp4_conv2d / tucker_conv2d / rank_bridge`` take the op's arguments and return
 the op's output layout.  ``AVAILABLE`` (or :func:`available`) says whether they can run here: Triton
 imports and there is a CUDA device, or ``TRITON_INTERPRET=1`` (CPU interpreter).  It is computed on
 first access, so importing this package never queries a GPU.
@@ -21,6 +21,7 @@ if _IMPORT_ERROR is None:
     from ._common import interpreting
     from .cp4_conv2d import cp4_conv2d
     from .cp_conv2d import cp_conv2d
+    from .rank_bridge import rank_bridge
     from .tucker_conv2d import tucker_conv2d
 
 
@@ -45,4 +46,4 @@ def __getattr__(name: str):
 
 __all__ = ["AVAILABLE", "available", "import_error"]
 if _IMPORT_ERROR is None:
-    __all__ += ["cp_conv2d", "cp4_conv2d", "tucker_conv2d"]
+    __all__ += ["cp_conv2d", "cp4_conv2d", "tucker_conv2d", "rank_bridge"]

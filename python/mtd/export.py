@@ -58,8 +58,11 @@ def register_onnx_translations(opset: int = ONNX_OPSET) -> None:
         return
     from mtd_kernels.ops import SPECS
 
+    from mtd_kernels.ops import rank_bridge
+
     for name, spec in SPECS.items():
         torch.onnx.register_custom_op_symbolic(f"mtd::{name}", _conv_chain_symbolic(spec), opset)
+    torch.onnx.register_custom_op_symbolic(f"mtd::{rank_bridge.NAME}", _rank_bridge_symbolic, opset)
     _registered = True
 
 
@@ -77,12 +80,45 @@ def _conv_chain_symbolic(spec) -> Callable:
         stages = build_stages([torch.empty(s, device="meta") for s in shapes], *geometry)
         out = x
         for i, (stage, weight) in enumerate(zip(stages, weights)):
-            inputs = [out, weight]
-            if i == len(stages) - 1 and not sh._is_none(bias):
-                inputs.append(bias)
-            out = g.op("Conv", *inputs, kernel_shape_i=list(stage.weight.shape[2:]), strides_i=list(stage.stride),
-                       pads_i=[*stage.padding, *stage.padding], dilations_i=list(stage.dilation),
-                       group_i=stage.groups)
+            last_with_bias = i == len(stages) - 1 and not sh._is_none(bias)
+            out = _conv_node(g, out, weight, bias if last_with_bias else None, stage)
         return g.op("Relu", out) if sh._parse_arg(relu, "b") else out
 
     return symbolic
+
+
+def _conv_node(g, x, weight, bias, stage):
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    return g.op("Conv", *inputs, kernel_shape_i=list(stage.weight.shape[2:]), strides_i=list(stage.stride),
+                pads_i=[*stage.padding, *stage.padding], dilations_i=list(stage.dilation), group_i=stage.groups)
+
+
+def _rank_bridge_symbolic(g, x, spatial, w_last, bias, w_next, stride, padding, dilation, relu, pool):
+    """``mtd::rank_bridge`` as standard nodes: its spatial Conv(s), Conv (last 1x1, bias), Relu, MaxPool, Conv (next)."""
+    from torch.onnx import symbolic_helper as sh
+
+    from mtd_kernels.ops import rank_bridge
+    from mtd_kernels.ops._chain import Stage
+
+    weights = sh._unpack_list(spatial)
+    geometry = [sh._parse_arg(v, "is") for v in (stride, padding, dilation)]
+    none = [sh._is_none(t) for t in (w_last, bias, w_next)]
+    meta = lambda t: torch.empty(sh._get_tensor_sizes(t), device="meta")  # noqa: E731
+    # the batch (dynamic: None) does not matter, the channels decide the spatial convs' groups
+    x_meta = torch.empty([1 if d is None else d for d in sh._get_tensor_sizes(x)], device="meta")
+    call = rank_bridge.BridgeCall(x_meta, [meta(w) for w in weights], None if none[0] else meta(w_last), None,
+                                  None, *geometry, False, False)
+    stages = rank_bridge.spatial_stages(call)
+    out = x
+    for i, (stage, weight) in enumerate(zip(stages, weights)):
+        on_this = none[0] and i == len(stages) - 1 and not none[1]  # no last 1x1: the bias goes on the kernel
+        out = _conv_node(g, out, weight, bias if on_this else None, stage)
+    if not none[0]:
+        out = _conv_node(g, out, w_last, None if none[1] else bias, Stage(call.w_last))
+    if sh._parse_arg(relu, "b"):
+        out = g.op("Relu", out)
+    if sh._parse_arg(pool, "b"):
+        out = g.op("MaxPool", out, kernel_shape_i=[2, 2], strides_i=[2, 2])
+    if not none[2]:
+        out = _conv_node(g, out, w_next, None, Stage(meta(w_next)))
+    return out

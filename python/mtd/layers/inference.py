@@ -24,14 +24,17 @@ from typing import Union
 from torch import nn
 
 from .base import FactorizedConv2d
+from .rank_space import to_rank_space
 from .surgery import fold_batchnorm, fold_batchnorm_into
 
 Conv = Union[nn.Conv2d, FactorizedConv2d]
 
 
-def prepare_inference(model: nn.Module) -> nn.Module:
+def prepare_inference(model: nn.Module, rank_space: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded and ReLU fused where it is provably exact.
 
+    With ``rank_space`` (the default), runs of consecutive convs in an ``nn.Sequential`` are then regrouped
+    so that only their rank-R maps reach memory (:func:`mtd.layers.rank_space.to_rank_space`).
     The input model is not modified.  Outputs match ``model.eval()`` up to float rounding.
     """
     if not isinstance(model, nn.Module):
@@ -40,6 +43,8 @@ def prepare_inference(model: nn.Module) -> nn.Module:
     uses = Counter(id(m) for _, m in prepared.named_modules(remove_duplicate=False))
     for container in [m for m in prepared.modules() if _chains_children(m)]:
         _fuse_sequential(container, uses)
+    if rank_space:
+        to_rank_space(prepared)
     return prepared
 
 

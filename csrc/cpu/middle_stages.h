@@ -1,0 +1,155 @@
+// The spatial middle stages of the fused CPU kernels, shared by the per-layer ops (cp_conv2d, cp4_conv2d,
+// tucker_conv2d: fused_pipeline.h) and the cross-layer rank_bridge. Each maps U, the R1-channel map of
+// some input rows in pixel-major layout (rows, W, R1), to V, the R2-channel output rows (rows_out*Wo, R2):
+//
+//   int64_t r1, r2;                       ranks entering / leaving the stage
+//   int64_t extra_elems(int64_t rows_out) scratch the stage needs besides U and V
+//   void run(const T* u, int64_t ih_lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* extra, T* v) const
+//   void run_channel_split(const T* u, T* extra, T* v, int64_t blocks) const   (whole map, parallel)
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/fused_common.h"
+
+namespace mtd {
+namespace cpu {
+
+// CP3: depthwise kh x kw on R channels (R -> R).
+template <typename T>
+struct CpDepthwise {
+  int64_t r1, r2;       // both R
+  const T* w;           // (kh*kw, R): tap-major so the stencil reads R contiguous weights per tap
+  cpu::Window g;
+
+  int64_t extra_elems(int64_t /*rows_out*/) const { return 0; }
+
+  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* /*extra*/, T* v) const {
+    cpu::depthwise_chunk(u, lo, rows_in, g.w, r1, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw, g.wo, oh0,
+                         oh1, w, v);  // (rows_in, W, R) -> (oh1-oh0, Wo, R)
+  }
+
+  // whole map (H, W, R) -> (Ho, Wo, R), channels split into `blocks` parallel pieces
+  void run_channel_split(const T* u, T* /*extra*/, T* v, int64_t blocks) const {
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [c0, c1] = cpu::channel_block(r1, blocks, b);
+        if (c0 >= c1) continue;
+        cpu::depthwise_chunk(u + c0, 0, g.h, g.w, c1 - c0, r1, g.kh, g.sh, g.ph, g.dh, g.kw, g.sw, g.pw, g.dw,
+                             g.wo, 0, g.ho, w + c0, v + c0);
+      }
+    });
+  }
+};
+
+// CP4: depthwise kh x 1 then 1 x kw on R channels (R -> R), through a (rows_out, W, R) buffer.
+template <typename T>
+struct Cp4Separable {
+  int64_t r1, r2;       // both R
+  const T* w_v;         // (kh, R)
+  const T* w_h;         // (kw, R)
+  cpu::Window g;
+
+  // the vertical stencil's output: (rows_out, W, R)
+  int64_t extra_elems(int64_t rows_out) const { return rows_out * g.w * r1; }
+
+  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* mid, T* v) const {
+    separable(u, lo, rows_in, oh0, oh1, 0, r1, mid, v);
+  }
+
+  // whole map (H, W, R) -> (Ho, Wo, R), channels split into `blocks` parallel pieces
+  void run_channel_split(const T* u, T* mid, T* v, int64_t blocks) const {
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [c0, c1] = cpu::channel_block(r1, blocks, b);
+        if (c0 < c1) separable(u, 0, g.h, 0, g.ho, c0, c1, mid, v);
+      }
+    });
+  }
+
+  // channels [c0, c1) of: U rows [lo, lo+rows_in) -> V rows [oh0, oh1), via mid (oh1-oh0, W, R)
+  void separable(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, int64_t c0, int64_t c1, T* mid,
+                 T* v) const {
+    const int64_t rows_out = oh1 - oh0, r = c1 - c0;
+    // (rows_in, W, R) -> (rows_out, W, R): H part of stride/padding/dilation
+    cpu::depthwise_chunk(u + c0, lo, rows_in, g.w, r, r1, g.kh, g.sh, g.ph, g.dh, 1, 1, 0, 1, g.w, oh0, oh1,
+                         w_v + c0, mid + c0);
+    // (rows_out, W, R) -> (rows_out, Wo, R): W part
+    cpu::depthwise_chunk(mid + c0, 0, rows_out, g.w, r, r1, 1, 1, 0, 1, g.kw, g.sw, g.pw, g.dw, g.wo, 0, rows_out,
+                         w_h + c0, v + c0);
+  }
+};
+
+// Tucker-2 (and a dense conv, whose kernel is the core): im2col of U, then one GEMM with the core (R1 -> R2).
+template <typename T>
+struct TuckerCore {
+  int64_t r1, r2;
+  const T* core;        // (R2, K) row-major; K = (tap, R1) if tap_major else (R1, tap), as the im2col rows
+  cpu::Window g;
+  bool tap_major;       // im2col copies contiguous R1 runs (needs the permuted core) or scatters them
+
+  int64_t k() const { return g.kh * g.kw * r1; }
+  bool pointwise() const {  // 1x1 core without stride/padding: U already is the im2col matrix
+    return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  }
+  int64_t extra_elems(int64_t rows_out) const { return pointwise() ? 0 : rows_out * g.wo * k(); }
+
+  void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols, T* v) const {
+    const int64_t kk = k(), p = (oh1 - oh0) * g.wo;
+    if (!pointwise()) {
+      im2col(u, lo, rows_in, oh0, oh1, cols);  // (P, kh*kw*R1)
+      u = cols;
+    }
+    // V (P, R2) = cols (P, K) * core^T, i.e. column-major V(R2, P) = core(R2, K) cols(K, P)
+    cpu::gemm(true, false, r2, p, kk, core, kk, u, kk, v, r2);
+  }
+
+  // whole map: im2col split over output rows, then the core GEMM split over R2 blocks
+  void run_channel_split(const T* u, T* cols, T* v, int64_t blocks) const {
+    const int64_t kk = k(), p = g.ho * g.wo;
+    if (!pointwise()) {
+      at::parallel_for(0, g.ho, 1, [&](int64_t oh0, int64_t oh1) {
+        im2col(u, 0, g.h, oh0, oh1, cols + oh0 * g.wo * kk);  // (Ho*Wo, K), rows split over threads
+      });
+      u = cols;
+    }
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [c0, c1] = cpu::channel_block(r2, blocks, b);
+        if (c0 < c1) cpu::gemm(true, false, c1 - c0, p, kk, core + c0 * kk, kk, u, kk, v + c0, r2);
+      }
+    });
+  }
+
+  void im2col(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols) const {
+    const int64_t taps = g.kh * g.kw;
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      for (int64_t ow = 0; ow < g.wo; ++ow) {
+        T* pixel = cols + ((oh - oh0) * g.wo + ow) * k();  // one im2col row (K,)
+        for (int64_t ki = 0; ki < g.kh; ++ki) {
+          const int64_t row = oh * g.sh - g.ph + ki * g.dh - lo;
+          for (int64_t kj = 0; kj < g.kw; ++kj) {
+            const int64_t col = ow * g.sw - g.pw + kj * g.dw;
+            const int64_t tap = ki * g.kw + kj;
+            const bool inside = row >= 0 && row < rows_in && col >= 0 && col < g.w;
+            const T* src = inside ? u + (row * g.w + col) * r1 : nullptr;  // outside: zero padding
+            if (tap_major) {  // K = (tap, R1): a contiguous run of R1 values
+              T* dst = pixel + tap * r1;
+              if (inside) {
+                std::memcpy(dst, src, static_cast<size_t>(r1) * sizeof(T));
+              } else {
+                std::memset(dst, 0, static_cast<size_t>(r1) * sizeof(T));
+              }
+            } else {  // K = (R1, tap): the native (R2, R1, kh, kw) core order
+              for (int64_t c = 0; c < r1; ++c) pixel[c * taps + tap] = inside ? src[c] : T(0);
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace mtd
