@@ -142,13 +142,43 @@ def test_prepared_vgg_runs_in_rank_space(compressed_vgg, layout):
     assert len(runs) == 1 and len(runs[0].bridges) == 8  # the whole feature stack, dense convs included
     assert runs[0].entry is None  # it starts at the dense first conv: the image is its input
     assert sum(b.pool for b in runs[0].bridges) == 5  # every max-pool went into a bridge
-    assert not any(isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.Conv2d)) for m in prepared.features.modules()
-                   if not isinstance(m, RankSpaceRun))
+    assert all(isinstance(m, (RankSpaceRun, nn.Identity)) for m in prepared.features)
     with torch.no_grad():
         expected = compressed_vgg(x)
         assert rel_err(prepared(x), expected) < 1e-5
         per_layer = mtd.prepare_inference(compressed_vgg, rank_space=False)
         assert rel_err(per_layer(x), expected) < 1e-5
+
+
+def test_the_run_measures_bridges_against_its_layers(compressed_vgg, monkeypatch):
+    x = torch.randn(2, 3, 32, 32)
+    prepared = mtd.prepare_inference(compressed_vgg)
+    run = next(m for m in prepared.modules() if isinstance(m, RankSpaceRun))
+    calls = {"bridge": 0, "layers": 0}
+    monkeypatch.setattr(run, "_bridged", _counting(run._bridged, calls, "bridge"))
+    run.layers.register_forward_pre_hook(lambda module, args: calls.__setitem__("layers", calls["layers"] + 1))
+    with torch.no_grad():
+        expected = compressed_vgg(x)
+        monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
+        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"bridge": 1, "layers": 0}
+        monkeypatch.setenv("MTD_RANK_SPACE", "layers")
+        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"bridge": 1, "layers": 1}
+        monkeypatch.setenv("MTD_RANK_SPACE", "auto")
+        assert rel_err(prepared(x), expected) < 1e-5  # measures: a warm-up and five timed calls of each
+        assert calls == {"bridge": 7, "layers": 7}
+        (choice,) = run.path_cache().values()
+        prepared(x)  # cached: one call of the chosen path
+        assert calls[choice] == 8 and sum(calls.values()) == 15
+        monkeypatch.setenv("MTD_RANK_SPACE", "fastest")
+        with pytest.raises(ValueError, match="MTD_RANK_SPACE"):
+            prepared(x)
+
+
+def _counting(fn, calls: dict, name: str):
+    def counted(x):
+        calls[name] += 1
+        return fn(x)
+    return counted
 
 
 def test_what_is_left_alone():

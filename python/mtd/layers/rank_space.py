@@ -10,7 +10,8 @@ a run of convs into
              -> the next layer's first 1x1 (the last bridge of the run stops at its T channels)
 
 Only decomposed convs on the ``"fused"`` backend are regrouped (``"torch"`` asks for standard modules).
-A dense ``nn.Conv2d`` takes part with its kernel as the spatial stage and no last 1x1 (its input is a
+The run keeps its per-layer modules beside the bridges and, on the CPU, runs whichever measured faster
+for the input's shape (:class:`RankSpaceRun`). A dense ``nn.Conv2d`` takes part with its kernel as the spatial stage and no last 1x1 (its input is a
 T-channel map: nothing to save there, but its output is not written). Between two convs of a run only
 ``nn.Identity`` (left by BatchNorm folding), a ``ReLU`` (the layer's own, fused) and one ``MaxPool2d(2, 2)``
 may stand. Models outside ``nn.Sequential`` (residual blocks, custom ``forward``) are left as they are.
@@ -19,12 +20,16 @@ must already be folded, so a conv followed by BatchNorm ends a run.
 """
 from __future__ import annotations
 
+import os
+import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
 
@@ -55,19 +60,70 @@ class RankBridge(nn.Module):
 
 
 class RankSpaceRun(nn.Module):
-    """A run of convs regrouped into rank space: the entry 1x1 (if any), then the bridges."""
+    """A run of convs regrouped into rank space: the entry 1x1 (if any), then the bridges.
 
-    def __init__(self, entry: Optional[nn.Conv2d], bridges: List[RankBridge]):
+    ``layers`` keeps the same run one module per layer (each conv's own fused op): the other path. On the
+    CPU the first call of each input shape times both, alternating, and keeps the faster (at batch 1 the
+    per-layer ops can win: every call has a fixed cost, and the bridges make no fewer calls);
+    ``MTD_RANK_SPACE=bridge|layers`` forces one, ``auto`` (the default) measures. Traced, compiled, exported
+    and non-CPU calls take the bridges. :meth:`path_cache` shows the choices.
+    """
+
+    def __init__(self, entry: Optional[nn.Conv2d], bridges: List[RankBridge], layers: nn.Sequential):
         super().__init__()
         self.entry = entry
         self.bridges = nn.ModuleList(bridges)
+        self.layers = layers
+        self._choice: Dict[tuple, str] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self._path(x)
+        if path == "measure":  # the first call of this shape: time both, return the faster one's output
+            key = self._key(x)
+            self._choice[key], out = self._measure(x)
+            return out
+        return self.layers(x) if path == "layers" else self._bridged(x)
+
+    def _bridged(self, x: torch.Tensor) -> torch.Tensor:
         if self.entry is not None:
             x = self.entry(x)
         for bridge in self.bridges:
             x = bridge(x)
         return x
+
+    def path_cache(self) -> Dict[tuple, str]:
+        """{(input shape, dtype, channels_last, threads): "bridge" | "layers"} as measured so far."""
+        return dict(self._choice)
+
+    def _path(self, x: torch.Tensor) -> str:
+        forced = os.environ.get("MTD_RANK_SPACE", "auto").strip().lower() or "auto"
+        if forced not in ("auto", "bridge", "layers"):
+            raise ValueError(f"MTD_RANK_SPACE={forced!r} is not one of auto, bridge, layers")
+        if forced != "auto":
+            return forced
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(x, FakeTensor)
+                or x.device.type != "cpu" or torch.is_grad_enabled() and x.requires_grad):
+            return "bridge"
+        return self._choice.get(self._key(x), "measure")
+
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple:
+        return (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), torch.get_num_threads())
+
+    @torch.no_grad()
+    def _measure(self, x: torch.Tensor, reps: int = 5) -> tuple:
+        paths = {"bridge": self._bridged, "layers": self.layers}
+        times: Dict[str, List[float]] = {name: [] for name in paths}
+        outputs = {}
+        for fn in paths.values():  # warm-up: the ops' own per-shape choices, oneDNN primitives, scratch
+            fn(x)
+        for _ in range(reps):  # alternating, so a burst of load hits both alike
+            for name, fn in paths.items():
+                t0 = time.perf_counter()
+                outputs[name] = fn(x)
+                times[name].append(time.perf_counter() - t0)
+        best = min(times, key=lambda name: statistics.median(times[name]))
+        return best, outputs[best]
 
 
 @dataclass
@@ -163,6 +219,7 @@ def _regroup(seq: nn.Sequential, run: List[_Unit]) -> None:
         entry.weight.data.copy_(first.first.weight.detach())
         entry.weight.requires_grad_(False)
     keys = [key for unit in run for key in unit.keys]
-    seq._modules[keys[0]] = RankSpaceRun(entry, bridges)
+    layers = nn.Sequential(*[seq._modules[key] for key in keys])
+    seq._modules[keys[0]] = RankSpaceRun(entry, bridges, layers)
     for key in keys[1:]:
         seq._modules[key] = nn.Identity()
