@@ -5,6 +5,7 @@ themselves from C++ (``TORCH_LIBRARY_IMPL(mtd, CPU, m)``) when ``mtd_kernels._C`
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 
@@ -61,14 +62,25 @@ def _register(spec: OpSpec) -> None:
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
 
-    @torch.library.impl(qualname, "CUDA", lib=LIB)
+    LIB.impl(spec.name, cuda_entry(spec), "CUDA")
+
+
+def cuda_entry(spec: OpSpec) -> Callable:
+    """The op's CUDA entry: the chosen kernel (:mod:`mtd_kernels.dispatch`), else the checked chain.
+
+    One check per call, with the same ValueErrors as on CPU: the Triton launcher and the CUDA kernels
+    (``csrc/op_checks.cpp``) check their arguments themselves, so only the chain is checked here.
+    """
+
     def _cuda(*args, **kwargs):
         call = spec.parse(args, kwargs)
-        spec.validate(call)  # the same ValueErrors as on CPU, whichever backend runs
         kernel = cuda_kernel(spec.name, call.x.dtype)
         if kernel is None:
+            spec.validate(call)
             return reference_forward(call.x, spec.stages(call), call.bias, call.relu)
         return kernel(*call.kernel_args())
+
+    return _cuda
 
 
 def _register_bridge() -> None:
@@ -114,12 +126,13 @@ def _register_bridge() -> None:
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_and_flags)
 
-    @torch.library.impl(qualname, "CUDA", lib=LIB)
-    def _cuda(*args, **kwargs):
-        call = bridge.parse(args, kwargs)
-        bridge.output_shape(call)  # the same ValueErrors as on CPU
-        kernel = cuda_kernel(bridge.NAME, call.x.dtype)
-        return bridge.forward(call) if kernel is None else kernel(*args, **kwargs)
+    LIB.impl(bridge.NAME, bridge_cuda_entry, "CUDA")
+
+
+def bridge_cuda_entry(*args, **kwargs) -> torch.Tensor:
+    """``mtd::rank_bridge`` on CUDA: its Triton twin, else the checked reference (one check per call)."""
+    kernel = cuda_kernel(bridge.NAME, bridge.parse(args, kwargs).x.dtype)
+    return bridge.reference(*args, **kwargs) if kernel is None else kernel(*args, **kwargs)
 
 
 def register_all() -> None:

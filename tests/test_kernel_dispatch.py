@@ -118,6 +118,32 @@ def test_cuda_choice_falls_back_to_the_chain(fake_backends, monkeypatch):
         dispatch.cuda_kernel("cp_conv2d")
 
 
+@pytest.mark.parametrize("op", ["cp_conv2d", "rank_bridge"])
+def test_cuda_entry_checks_each_call_once(fake_backends, op):
+    """The CUDA entry leaves the check to the kernel it hands the call to (Triton's launcher and the CUDA
+    kernels check their own arguments), and checks only the calls the chain runs."""
+    from mtd_kernels import _register
+
+    if op == "rank_bridge":
+        entry = _register.bridge_cuda_entry
+        x = torch.randn(1, 4, 6, 6)
+        good = (x, [torch.randn(4, 1, 3, 3)], torch.randn(5, 4, 1, 1), None, None, [1, 1], [1, 1], [1, 1],
+                True, False)
+        want = reference.rank_bridge_ref(*good)
+    else:
+        entry = _register.cuda_entry(SPECS[op])
+        x = torch.randn(1, 4, 6, 6)
+        good = (x, torch.randn(3, 4, 1, 1), torch.randn(3, 1, 3, 3), torch.randn(5, 3, 1, 1), None,
+                [1, 1], [1, 1], [1, 1], False)
+        want = reference.cp_conv2d_ref(*good)
+    bad = (torch.randn(1, 7, 6, 6), *good[1:])  # 7 input channels for factors made for 4
+    assert entry(*bad) == ("triton", op)  # handed on unchecked: the kernel checks it
+    dispatch.set_cuda_backend("torch")
+    with pytest.raises(ValueError, match="channels"):
+        entry(*bad)
+    torch.testing.assert_close(entry(*good), want)
+
+
 def test_cuda_kernels_names_and_their_old_aliases(fake_backends, monkeypatch):
     monkeypatch.setenv("MTD_CUDA_BACKEND", "tpu")  # the old name is read only when the new one is unset
     monkeypatch.setenv("MTD_CUDA_KERNELS", "cuda")
