@@ -11,7 +11,9 @@ Each kernel is first checked against an fp32 chain (max abs and relative error i
 Median times come from ``triton.testing.do_bench``; GB/s counts input + output + weights once;
 ``frac_copy_bw`` divides that by a device-to-device copy measured in the same run; TFLOP/s uses each
 variant's own FLOP count. Then end-to-end VGG16 latency (batch 1, CUDA graphs) and throughput
-(batch 256) for dense vs compressed (each conv replaced by the fused op with random factors).
+(batch 256) for dense vs compressed (each conv replaced by the fused op with random factors), and the
+model of ``e2e_cpu.py`` (1/32, BatchNorm folded) with one fused op per layer beside the same model
+regrouped into rank space (``torch.ops.mtd.rank_bridge``, Triton).
 
 Writes ``gpu_layers.csv`` (appended row by row, so a timeout keeps what was measured),
 ``gpu_layers.json`` (rows + metadata + summary) under ``--out``. ``--dry-run`` prints the shapes and
@@ -412,6 +414,20 @@ def vgg16(method: Optional[str], dtype, device) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last) if method is None else model
 
 
+def mtd_vgg16(method: str, rank_space: bool, dtype, device) -> torch.nn.Module:
+    """``benchmarks/e2e_cpu.py``'s VGG16 (mtd layers at 1/32 of each conv's parameters, random factors, batch
+    norm folded by ``mtd.prepare_inference``): one fused op per layer, or regrouped into rank space
+    (``torch.ops.mtd.rank_bridge`` across layers, so only rank-R maps reach memory)."""
+    import e2e_cpu  # beside this file: the same model as the CPU end-to-end benchmark
+
+    import mtd
+
+    torch.manual_seed(0)
+    model = e2e_cpu.compress(mtd.models.build_model("vgg16", width=1).eval(), method, "fused")
+    model = model.eval().to(device=device, dtype=dtype)
+    return mtd.prepare_inference(model, rank_space=rank_space)
+
+
 def graph_latency_ms(model, x) -> float:
     """Batch latency with the whole forward captured in one CUDA graph."""
     side = torch.cuda.Stream()
@@ -430,20 +446,26 @@ def run_e2e(res: Results, dname: str, backends: Dict[str, bool], budget: Budget)
     from mtd_kernels import dispatch
 
     dtype, dev = DTYPES[dname], torch.device("cuda")
-    configs = [("dense", None, None)]
+    configs = [("dense", None, None, lambda: vgg16(None, dtype, dev))]
     for method in METHODS:
         for b in FUSED_BACKENDS:
             if backends[f"{b}:{method}"]:
-                configs.append((f"{method}-{b}", method, b))
-    for label, method, backend in configs:
+                configs.append((f"{method}-{b}", method, b, lambda m=method: vgg16(m, dtype, dev)))
+        if backends[f"triton:{method}"]:  # rank space beside one fused op per layer, on the same mtd model
+            for rank_space in (False, True):
+                label = f"{method}-1/32-{'rank' if rank_space else 'per-layer'}"
+                configs.append((label, method, "triton",
+                                lambda m=method, r=rank_space: mtd_vgg16(m, r, dtype, dev)))
+    for label, method, backend, build in configs:
         if budget.over():
             print("time budget reached: skipping the rest of the end-to-end runs")
             return
         entry = {"model": label, "dtype": dname}
         try:
             dispatch.set_cuda_backend(backend)
-            model = vgg16(method, dtype, dev)
-            n_params = sum(p.numel() for p in model.parameters())
+            model = build()
+            # a rank-space run keeps its per-layer ops beside its bridges: count the weights once
+            n_params = sum(p.numel() for name, p in model.named_parameters() if ".bridges." not in name)
             x1 = torch.randn(1, 3, 32, 32, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
             xb = torch.randn(256, 3, 32, 32, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
             with torch.no_grad():

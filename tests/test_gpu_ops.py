@@ -15,7 +15,8 @@ import torch
 import mtd_kernels
 from mtd_kernels import dispatch, reference
 
-from _op_cases import DTYPES, OPS, Case, assert_close, make_inputs, reference_output
+from _op_cases import (BRIDGE_CASES, DTYPES, OPS, Case, assert_close, bridge_reference_output, make_bridge_args,
+                       make_inputs, map_tensors, reference_output)
 
 DEVICE = "cuda"
 pytestmark = [
@@ -231,3 +232,79 @@ def test_triton_autotuned_configs_are_correct(op, monkeypatch):
     x, weights, bias = make_inputs(op, case, torch.float16, seed=8, device=DEVICE)
     out = getattr(mtd_triton, op)(x, *weights, bias, case.stride, case.padding, case.dilation, case.relu)
     assert_close(out, reference_output(op, x, weights, bias, case), TOLERANCE["float16"])
+
+
+# ---- the rank-space bridge (Triton twin; without Triton the CUDA entry runs the reference)
+@pytest.fixture
+def triton_backend():
+    if not _backend_available("triton"):
+        pytest.skip("triton is not available")
+    mtd_kernels.set_cuda_backend("triton")
+    yield
+    mtd_kernels.set_cuda_backend(None)
+
+
+def _bridge_on_cuda(case, dtype, layout="channels_last", seed=0):
+    args = make_bridge_args(case, dtype, layout, seed)
+    return map_tensors(lambda t: t.to(DEVICE), args)
+
+
+# every case channels_last (what prepared models pass); NCHW and a strided view on two (each case compiles)
+BRIDGE_GPU_CASES = [(c, "channels_last") for c in BRIDGE_CASES] + [(c, l) for c in BRIDGE_CASES[:2]
+                                                                    for l in ("nchw", "view")]
+
+
+@pytest.mark.parametrize("case,layout", BRIDGE_GPU_CASES, ids=lambda v: str(v))
+def test_rank_bridge_float32_matches_reference(triton_backend, case, layout):
+    assert dispatch.cuda_kernel("rank_bridge") is not None, "the bridge resolved to the reference on CUDA"
+    args = _bridge_on_cuda(case, torch.float32, layout)
+    out = torch.ops.mtd.rank_bridge(*args)
+    assert out.device == args[0].device and _layout_ok(args[0], out)
+    assert_close(out, bridge_reference_output(args), TOLERANCE["float32"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_rank_bridge_low_precision(triton_backend, dtype):
+    for case in BRIDGE_CASES[:3]:
+        args = _bridge_on_cuda(case, DTYPES[dtype], seed=1)
+        out = torch.ops.mtd.rank_bridge(*args)
+        assert out.dtype == DTYPES[dtype]
+        assert_close(out, bridge_reference_output(args), TOLERANCE[dtype])
+
+
+def test_rank_bridge_opcheck_and_gradients_on_cuda(triton_backend):
+    args = _bridge_on_cuda(BRIDGE_CASES[1], torch.float32, seed=2)
+    args = map_tensors(lambda t: t.requires_grad_(), args)
+    torch.library.opcheck(torch.ops.mtd.rank_bridge.default, args)
+    out = torch.ops.mtd.rank_bridge(*args)
+    grad_out = torch.randn_like(out)
+    leaves = [args[0], *args[1], args[2], args[3], args[4]]
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_args = map_tensors(lambda t: t.detach().cpu().double().requires_grad_(), args)
+    ref = reference.rank_bridge_ref(*ref_args)
+    ref_leaves = [ref_args[0], *ref_args[1], ref_args[2], ref_args[3], ref_args[4]]
+    for g, rg in zip(grads, torch.autograd.grad(ref, ref_leaves, grad_out.cpu().double())):
+        assert_close(g, rg, 1e-4)
+
+
+def test_rank_space_model_on_cuda(triton_backend):
+    """A prepared VGG regrouped into rank space runs its bridges on the GPU and matches the original."""
+    import copy
+
+    import mtd
+    from mtd.layers import CPConv2d
+
+    torch.manual_seed(0)
+    model = mtd.models.build_model("vgg11", width=0.25).eval()
+    for i, m in enumerate(model.features):
+        if isinstance(m, torch.nn.Conv2d) and i > 0:
+            model.features[i] = CPConv2d(m.in_channels, m.out_channels, m.kernel_size, 8, padding=m.padding,
+                                         bias=m.bias is not None, backend="fused")
+    model = model.to(DEVICE)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = model(x)
+        prepared = mtd.prepare_inference(copy.deepcopy(model))
+        got = prepared(x)
+    assert any("RankSpaceRun" in type(m).__name__ for m in prepared.modules()), "nothing was regrouped"
+    assert_close(got, want.cpu().double(), 1e-4)
