@@ -421,6 +421,9 @@ def test_reconstruction_recovers_what_decomposition_costs(tiny):
                   finetune_epochs=0, progress=False, layers=["conv3"])  # CP of a Tucker-(4, 4) kernel at 8x
     drop = {(aware, rec): compress(model, (x, y), aware=aware, reconstruct=rec, **kwargs)[1].results["verification"]
             ["drop"] for aware in (False, True) for rec in (False, True)}
-    assert drop[False, True] < drop[False, False] - 20  # reconstruction alone: measured 79 -> 33
-    assert drop[True, False] < drop[False, False] - 20  # activation-aware factors alone: 79 -> 42
-    assert drop[True, True] < drop[True, False] - 5  # both: 30
+    # The weight-only CP fit of this kernel depends on the host's BLAS (a local optimum of ALS): measured
+    # 79 -> 33 (reconstruction) / 42 (aware) / 30 (both) on an AMD EPYC, 37 -> 30 / 26 / 25 on an Intel Xeon.
+    # So: each step recovers at least 5 points (~5 of the 96 held-out images), and both do no worse than either.
+    assert drop[False, True] < drop[False, False] - 5
+    assert drop[True, False] < drop[False, False] - 5
+    assert drop[True, True] <= min(drop[True, False], drop[False, True])

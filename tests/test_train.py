@@ -268,7 +268,11 @@ def test_cached_teacher_fine_tunes_exactly_like_the_teacher_and_reuses_repeated_
 def test_cached_teacher_keys_on_exact_values_and_bounds_its_memory():
     from mtd.train.teacher_cache import CachedTeacher
 
-    teacher = torch.nn.Linear(6, 3).eval()
+    # a teacher that passes inputs 5, 0 and 1 through exactly: a one-ulp change of input 5 shows in its output
+    # (a general Linear may round it away, as MKL does on some CPUs)
+    teacher = torch.nn.Linear(6, 3, bias=False).eval()
+    with torch.no_grad():
+        teacher.weight.zero_()[[0, 1, 2], [5, 0, 1]] = 1.0
     cached = CachedTeacher(teacher, max_bytes=2 * 4 * 3 * 4)  # two (4, 3) float outputs
     a = torch.randn(4, 6)
     b = a.clone()
