@@ -34,11 +34,22 @@ def avx_level() -> str:
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "none")
 
 
+def kernel_isa() -> str:
+    """The instruction set mtd's CPU micro-kernels picked at load time ('avx512', 'avx2', 'baseline'; 'none'
+    without the extension): MTD_CPU_ISA can lower it below the CPU's own level."""
+    try:
+        import mtd_kernels
+    except ImportError:
+        return "none"
+    return mtd_kernels.cpu_isa()
+
+
 def machine_info() -> Dict[str, object]:
     """What every result row records about where it was measured."""
     return {
         "cpu": cpu_model(),
         "avx": avx_level(),
+        "kernel_isa": kernel_isa(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cpu/path_choice.h"
+#include "cpu/isa.h"
 #include "ops.h"
 
 TORCH_LIBRARY_IMPL(mtd, CPU, m) {
@@ -31,6 +32,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_path_cache", &mtd::cpu::path_cache_entries,
         "(shape key, 'fused'|'chain') of every CPU call shape whose path was chosen by measurement");
   m.def("clear_cpu_path_cache", &mtd::cpu::clear_path_cache, "Forget the measured CPU path choices");
+  m.def("cpu_isa", &mtd::cpu::isa_name, "The instruction set the CPU micro-kernels picked at load time");
 #ifdef MTD_WITH_CUDA
   m.def("cp_conv2d_cuda", &mtd::cp_conv2d_cuda);
   m.def("cp4_conv2d_cuda", &mtd::cp4_conv2d_cuda);

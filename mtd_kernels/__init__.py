@@ -7,6 +7,10 @@ On CPU each op chooses per call shape between its fused kernel and the unfused c
 convolutions, by timing both on the first call of that shape (``MTD_CPU_KERNELS=fused|chain|auto``
 forces one, ``MTD_CPU_PATH`` is its old name; :func:`cpu_path_cache` shows the choices). On CUDA
 ``MTD_CUDA_KERNELS`` picks Triton, the hand-written kernels or the chain (:mod:`.dispatch`).
+
+The CPU micro-kernels (the small GEMMs of the 1x1 factors, the depthwise stencil) are compiled for AVX-512,
+AVX2+FMA and baseline x86-64 and picked at load time from the CPU's features (:func:`cpu_isa` names the
+level; ``MTD_CPU_ISA=avx2|baseline`` lowers it, for tests and comparisons).
 """
 from __future__ import annotations
 
@@ -40,6 +44,12 @@ def clear_cpu_path_cache() -> None:
         _ext.clear_cpu_path_cache()
 
 
+def cpu_isa() -> str:
+    """'avx512', 'avx2' or 'baseline': the micro-kernels the CPU extension picked from this CPU's features at
+    load time (``MTD_CPU_ISA=avx2|baseline`` lowers it, never raises it); 'none' without the extension."""
+    return _ext.cpu_isa() if _ext is not None else "none"
+
+
 def cuda_extension_available() -> bool:
     """True when the extension was built with the hand-written CUDA kernels."""
     return _ext is not None and bool(getattr(_ext, "has_cuda", lambda: False)())
@@ -55,5 +65,5 @@ del _op
 __all__ = [
     *OPS, "extension_available", "cuda_extension_available",
     "extension_error", "cuda_kernels", "set_cuda_kernels", "cuda_backend", "set_cuda_backend", "cpu_path_cache",
-    "clear_cpu_path_cache",
+    "clear_cpu_path_cache", "cpu_isa",
 ]

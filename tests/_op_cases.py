@@ -109,6 +109,8 @@ BRIDGE_CASES = [
     BridgeCase("cp4", 1, 20, (33, 31), 300, 17, padding=(2, 2)),  # 1 image, many row chunks
     BridgeCase("tucker", 64, 16, (2, 2), 520, 16),  # tiny maps: several images per task, 1x1 pooled output
     BridgeCase("dense", 7, 12, (4, 6), 40, 0, pool=False),  # dense between rank-space layers: T in, T out
+    # the tail written straight out by the packed small GEMM; 17 channels end on an overlapping vector
+    BridgeCase("depthwise", 2, 17, (16, 16), 40, 0, pool=False),
 ]
 
 

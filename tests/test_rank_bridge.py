@@ -234,3 +234,4 @@ def test_bridge_module_repr_and_state_dict(compressed_vgg):
     assert not any(p.requires_grad for p in bridge.parameters())  # an inference copy
     clone = mtd.prepare_inference(compressed_vgg)
     clone.load_state_dict(prepared.state_dict())
+

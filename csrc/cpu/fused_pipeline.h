@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "cpu/fused_common.h"
+#include "cpu/pointwise.h"
 
 namespace mtd {
 namespace cpu {
@@ -39,6 +40,7 @@ Tiling plan_tiling(int64_t n, const Window& g, int64_t elem_size, int64_t in_ele
 template <typename T, typename Middle>
 void run_channel_split(const T* xp, int64_t n, int64_t s, bool nhwc, const T* wfp, const T* wlp, const T* bp,
                        bool relu, int64_t t, const Window& g, const Middle& mid, T* op) {
+  const Pointwise<T> first(wfp, mid.r1, s, nhwc ? n * g.h * g.w : 0), last(wlp, t, mid.r2, nhwc ? n * g.ho * g.wo : 0);
   const int64_t r1 = mid.r1, r2 = mid.r2, p_in = g.h * g.w, p_out = g.ho * g.wo;
   const int64_t u_elems = (p_in * r1 + 15) & ~int64_t(15), v_elems = (p_out * r2 + 15) & ~int64_t(15);
   T* u = thread_scratch<T>(u_elems + v_elems + mid.extra_elems(g.ho) + 16);
@@ -51,7 +53,7 @@ void run_channel_split(const T* xp, int64_t n, int64_t s, bool nhwc, const T* wf
       for (int64_t b = b0; b < b1; ++b) {
         const auto [c0, c1] = channel_block(r1, blocks, b);
         if (nhwc) {
-          gemm(true, false, c1 - c0, p_in, s, wfp + c0 * s, s, xp + img * p_in * s, s, u + c0, r1);
+          first(p_in, xp + img * p_in * s, s, u + c0, r1, c0, c1, false, nullptr, false);
         } else {
           gemm(true, true, c1 - c0, p_in, s, wfp + c0 * s, s, xp + img * s * p_in, p_in, u + c0, r1);
         }
@@ -65,9 +67,7 @@ void run_channel_split(const T* xp, int64_t n, int64_t s, bool nhwc, const T* wf
         if (c0 >= c1) continue;
         const T* bb = bp != nullptr ? bp + c0 : nullptr;
         if (nhwc) {
-          T* c = op + img * p_out * t + c0;
-          gemm(true, false, c1 - c0, p_out, r2, wlp + c0 * r2, r2, v, r2, c, t);
-          epilogue(c, p_out, c1 - c0, t, true, bb, relu);
+          last(p_out, v, r2, op + img * p_out * t + c0, t, c0, c1, false, bp, relu);
         } else {
           T* c = op + (img * t + c0) * p_out;
           gemm(true, false, p_out, c1 - c0, r2, v, r2, wlp + c0 * r2, r2, c, p_out);
@@ -119,6 +119,9 @@ at::Tensor run_fused(const at::Tensor& input, const at::Tensor& w_first, const a
   const int64_t xs_elems = staged ? round16(ipt * h * w * s) : 0;
   const int64_t os_elems = staged ? round16(ipt * ho * wo * t) : 0;
   const int64_t tasks = ipt > 1 ? (n + ipt - 1) / ipt : n * cpi;
+  // the 1x1 products of the pixel-major paths (NCHW row chunks multiply with transposed BLAS calls instead)
+  const bool pixel_major = nhwc || staged;
+  const Pointwise<T> first(wfp, r1, s, pixel_major ? n * h * w : 0), last(wlp, t, r2, pixel_major ? n * ho * wo : 0);
 
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     T* u = thread_scratch<T>(u_elems + v_elems + e_elems + xs_elems + os_elems + 16);
@@ -140,13 +143,13 @@ at::Tensor run_fused(const at::Tensor& input, const at::Tensor& w_first, const a
       if (rows_in > 0) {
         if (nhwc) {  // consecutive images are consecutive rows: one GEMM for the whole group
           const T* xr = xp + ((img * h + lo) * w) * s;  // (imgs*P, s) row-major
-          gemm(true, false, r1, imgs * p_in, s, wfp, s, xr, s, u, r1);
+          first(imgs * p_in, xr, s, u, r1, nullptr, false);
         } else if (staged) {  // whole tiny images (rows_in == h): (imgs, s, P) -> (imgs*P, s)
           const T* xr = xp + img * s * h * w;
           for (int64_t i = 0; i < imgs; ++i)
             for (int64_t c = 0; c < s; ++c)
               for (int64_t q = 0; q < p_in; ++q) x_stage[(i * p_in + q) * s + c] = xr[(i * s + c) * p_in + q];
-          gemm(true, false, r1, imgs * p_in, s, wfp, s, x_stage, s, u, r1);
+          first(imgs * p_in, x_stage, s, u, r1, nullptr, false);
         } else {
           const T* xr = xp + img * s * h * w + lo * w;  // (s, P) with leading dim h*w
           gemm(true, true, r1, p_in, s, wfp, s, xr, h * w, u, r1);
@@ -158,8 +161,7 @@ at::Tensor run_fused(const at::Tensor& input, const at::Tensor& w_first, const a
       if (nhwc || staged) {
         // (imgs*P, t) row-major = column-major (t, imgs*P)
         T* c = nhwc ? op + ((img * ho + oh0) * wo) * t : o_stage;
-        gemm(true, false, t, imgs * p_out, r2, wlp, r2, v, r2, c, t);
-        epilogue(c, imgs * p_out, t, t, true, bp, relu);
+        last(imgs * p_out, v, r2, c, t, bp, relu);
         if (staged) {  // (imgs*P, t) -> (imgs, t, P)
           T* oc = op + img * t * p_out;
           for (int64_t i = 0; i < imgs; ++i)

@@ -9,9 +9,11 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/fused_common.h"
+#include "cpu/pointwise.h"
 
 namespace mtd {
 namespace cpu {
@@ -81,13 +83,27 @@ struct Cp4Separable {
   }
 };
 
+// A short copy as a plain loop: GCC would turn the loop (or std::copy) into a call to memcpy, whose fixed cost
+// dominated the im2col of a first conv (3 channels: 12-byte copies, 9 per pixel).
+template <typename T>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
 // Tucker-2 (and a dense conv, whose kernel is the core): im2col of U, then one GEMM with the core (R1 -> R2).
 template <typename T>
 struct TuckerCore {
   int64_t r1, r2;
-  const T* core;        // (R2, K) row-major; K = (tap, R1) if tap_major else (R1, tap), as the im2col rows
   cpu::Window g;
   bool tap_major;       // im2col copies contiguous R1 runs (needs the permuted core) or scatters them
+  Pointwise<T> product;  // the core (R2, K) row-major; K = (tap, R1) if tap_major else (R1, tap), as im2col's rows
+
+  // `pixels`: output pixels of the whole call (the product packs the core when there are enough).
+  TuckerCore(int64_t r1_, int64_t r2_, const T* core, const cpu::Window& g_, bool tap_major_, int64_t pixels)
+      : r1(r1_), r2(r2_), g(g_), tap_major(tap_major_), product(core, r2_, g_.kh * g_.kw * r1_, pixels) {}
 
   int64_t k() const { return g.kh * g.kw * r1; }
   bool pointwise() const {  // 1x1 core without stride/padding: U already is the im2col matrix
@@ -101,8 +117,7 @@ struct TuckerCore {
       im2col(u, lo, rows_in, oh0, oh1, cols);  // (P, kh*kw*R1)
       u = cols;
     }
-    // V (P, R2) = cols (P, K) * core^T, i.e. column-major V(R2, P) = core(R2, K) cols(K, P)
-    cpu::gemm(true, false, r2, p, kk, core, kk, u, kk, v, r2);
+    product(p, u, kk, v, r2, nullptr, false);  // V (P, R2) = cols (P, K) core^T
   }
 
   // whole map: im2col split over output rows, then the core GEMM split over R2 blocks
@@ -117,7 +132,7 @@ struct TuckerCore {
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const auto [c0, c1] = cpu::channel_block(r2, blocks, b);
-        if (c0 < c1) cpu::gemm(true, false, c1 - c0, p, kk, core + c0 * kk, kk, u, kk, v + c0, r2);
+        product(p, u, kk, v + c0, r2, c0, c1, false, nullptr, false);
       }
     });
   }
@@ -127,19 +142,26 @@ struct TuckerCore {
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       for (int64_t ow = 0; ow < g.wo; ++ow) {
         T* pixel = cols + ((oh - oh0) * g.wo + ow) * k();  // one im2col row (K,)
+        const int64_t col0 = ow * g.sw - g.pw;
         for (int64_t ki = 0; ki < g.kh; ++ki) {
           const int64_t row = oh * g.sh - g.ph + ki * g.dh - lo;
+          const bool row_inside = row >= 0 && row < rows_in;
+          if (tap_major && row_inside && g.dw == 1 && col0 >= 0 && col0 + g.kw <= g.w) {
+            // the kernel row's taps are one contiguous run of kw * R1 values (a first conv has R1 = 3: 9 values)
+            copy_run(pixel + ki * g.kw * r1, u + (row * g.w + col0) * r1, g.kw * r1);
+            continue;
+          }
           for (int64_t kj = 0; kj < g.kw; ++kj) {
-            const int64_t col = ow * g.sw - g.pw + kj * g.dw;
+            const int64_t col = col0 + kj * g.dw;
             const int64_t tap = ki * g.kw + kj;
-            const bool inside = row >= 0 && row < rows_in && col >= 0 && col < g.w;
+            const bool inside = row_inside && col >= 0 && col < g.w;
             const T* src = inside ? u + (row * g.w + col) * r1 : nullptr;  // outside: zero padding
             if (tap_major) {  // K = (tap, R1): a contiguous run of R1 values
               T* dst = pixel + tap * r1;
               if (inside) {
-                std::memcpy(dst, src, static_cast<size_t>(r1) * sizeof(T));
+                copy_run(dst, src, r1);
               } else {
-                std::memset(dst, 0, static_cast<size_t>(r1) * sizeof(T));
+                std::fill(dst, dst + r1, T(0));
               }
             } else {  // K = (R1, tap): the native (R2, R1, kh, kw) core order
               for (int64_t c = 0; c < r1; ++c) pixel[c * taps + tap] = inside ? src[c] : T(0);

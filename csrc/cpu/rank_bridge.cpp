@@ -14,6 +14,7 @@
 #include "cpu/fused_common.h"
 #include "cpu/middle_stages.h"
 #include "cpu/path_choice.h"
+#include "cpu/pointwise.h"
 #include "op_checks.h"
 #include "ops.h"
 
@@ -108,6 +109,10 @@ at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const cpu::W
     tc = std::min<int64_t>(t, std::max<int64_t>(16, kTileBytes / (p_max * int64_t(sizeof(T))) / 16 * 16));
   }
   auto round16 = [](int64_t e) { return (e + 15) & ~int64_t(15); };
+  // The 1x1 factors W_last (T, R2) and W_next (R, T); `pixels`: how many rows each multiplies in this call.
+  const int64_t pixels = s.n * rows_needed * g.wo;
+  const cpu::Pointwise<T> last(wl, wl != nullptr ? t : 0, r2, pixels);
+  const cpu::Pointwise<T> next(wn, wn != nullptr ? rn : 0, t, s.pool ? pixels / 4 : pixels);
   const int64_t v_elems = round16(p_max * r2), e_elems = round16(mid.extra_elems(rpc));
   const int64_t h_elems = wl != nullptr && !direct ? round16(p_max * tc) : 0;
 
@@ -136,22 +141,21 @@ at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const cpu::W
       const int64_t o_pix = s.pool ? (img * s.hp + oh0 / 2) * s.wp : (img * g.ho + oh0) * g.wo;
       const int64_t p_o = s.pool ? imgs * ((oh1 - oh0) / 2) * s.wp : p;
       T* o = op + o_pix * rn;
-      if (direct) {  // out (P, T) = V W_last^T + bias, ReLU: the tail of a run without pooling
-        cpu::gemm(true, false, t, p, r2, wl, r2, v, r2, o, t);
-        cpu::epilogue(o, p, t, t, true, bias, relu);
+      if (direct) {  // out (P, T) = relu(V W_last^T + bias): the tail of a run without pooling
+        last(p, v, r2, o, t, bias, relu);
         continue;
       }
       for (int64_t c0 = 0; c0 < t; c0 += tc) {
         const int64_t c1 = std::min(t, c0 + tc), cw = c1 - c0;
         T* h = hbuf;  // (P, cw) row-major
         int64_t ld_h = cw;
-        if (wl != nullptr) {
-          cpu::gemm(true, false, cw, p, r2, wl + c0 * r2, r2, v, r2, h, cw);
+        if (wl != nullptr) {  // H (P, cw) = relu(V W_last[c0:c1]^T + bias), the epilogue in registers
+          last(p, v, r2, h, cw, c0, c1, false, bias, relu);
         } else {  // V already is the layer's output: its columns [c0, c1)
           h = v + c0;
           ld_h = r2;
+          cpu::epilogue(h, p, cw, ld_h, true, bias != nullptr ? bias + c0 : nullptr, relu);
         }
-        cpu::epilogue(h, p, cw, ld_h, true, bias != nullptr ? bias + c0 : nullptr, relu);
         if (wn == nullptr) {  // the T channels are the output: pool (or copy) into it
           if (s.pool) {
             max_pool(h, imgs * (oh1 - oh0), g.wo, cw, ld_h, o + c0, t);
@@ -161,8 +165,8 @@ at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const cpu::W
           continue;
         }
         if (s.pool) max_pool(h, imgs * (oh1 - oh0), g.wo, cw, ld_h, h, ld_h);  // in place, (P/4, cw)
-        // out (P_o, R) += H (P_o, cw) W_next[:, c0:c1]^T: column-major out(R, P_o) = W_next(R, cw) H^T(cw, P_o)
-        cpu::gemm(true, false, rn, p_o, cw, wn + c0, t, h, ld_h, o, rn, c0 > 0);
+        // out (P_o, R) += H (P_o, cw) W_next[:, c0:c1]^T
+        next.k_block(p_o, h, ld_h, o, rn, c0, c1, c0 > 0);
       }
     }
   });
@@ -240,7 +244,7 @@ at::Tensor rank_bridge_cpu(const at::Tensor& input, at::TensorList spatial, cons
         const cpu::CpDepthwise<scalar_t> mid{r1, r1, w_a.data_ptr<scalar_t>(), g};
         out = bridge_fused<scalar_t>(input, mid, g, wlp, bp, wnp, s, relu);
       } else {
-        const cpu::TuckerCore<scalar_t> mid{r1, r2, w_a.data_ptr<scalar_t>(), g, tap_major};
+        const cpu::TuckerCore<scalar_t> mid(r1, r2, w_a.data_ptr<scalar_t>(), g, tap_major, input.size(0) * g.ho * g.wo);
         out = bridge_fused<scalar_t>(input, mid, g, wlp, bp, wnp, s, relu);
       }
     });

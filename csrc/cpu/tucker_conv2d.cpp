@@ -39,7 +39,7 @@ at::Tensor tucker_conv2d_cpu(const at::Tensor& input, const at::Tensor& w_first,
     const at::Tensor core = tap_major ? w_core.permute({0, 2, 3, 1}).contiguous() : w_core.contiguous();
     at::Tensor out;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tucker_conv2d_cpu", [&] {
-      const cpu::TuckerCore<scalar_t> mid{r1, r2, core.data_ptr<scalar_t>(), g, tap_major};
+      const cpu::TuckerCore<scalar_t> mid(r1, r2, core.data_ptr<scalar_t>(), g, tap_major, input.size(0) * g.ho * g.wo);
       out = cpu::run_fused<scalar_t>(input, w_first, w_last, bias, relu, g, mid);
     });
     return out;
