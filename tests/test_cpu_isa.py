@@ -28,11 +28,16 @@ def test_the_host_level_is_named():
 
 @pytest.mark.parametrize("level", ["avx2", "baseline"])
 def test_lower_levels_pass_the_op_tests(level):
-    code = f"import mtd_kernels; assert mtd_kernels.cpu_isa() in ({level!r}, 'baseline'), mtd_kernels.cpu_isa()"
+    # Run from tests/: from the repository root, `python -c` / `-m` would import the source tree's mtd_kernels,
+    # which has no compiled extension when the package is installed as a wheel (CI).
+    code = ("import mtd_kernels; print(mtd_kernels.__file__); "
+            f"assert mtd_kernels.cpu_isa() in ({level!r}, 'baseline'), mtd_kernels.cpu_isa()")
     env = dict(os.environ, MTD_CPU_ISA=level)
-    picked = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    picked = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=HERE)
     assert picked.returncode == 0, picked.stderr[-2000:]  # the level was lowered, never raised
+    assert picked.stdout.strip() == mtd_kernels.__file__  # the same package as this process's
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *CORRECTNESS],
-                          env=env, capture_output=True, text=True, timeout=1200, cwd=os.path.dirname(HERE))
+                          env=env, capture_output=True, text=True, timeout=1200, cwd=HERE)
     assert done.returncode == 0, done.stdout[-4000:]
     assert " passed" in done.stdout
