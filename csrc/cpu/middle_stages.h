@@ -8,9 +8,8 @@
 //   void run_channel_split(const T* u, T* extra, T* v, int64_t blocks) const   (whole map, parallel)
 #pragma once
 
-#include <cstdint>
 #include <algorithm>
-#include <cstring>
+#include <cstdint>
 
 #include "cpu/fused_common.h"
 #include "cpu/pointwise.h"
