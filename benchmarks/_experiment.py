@@ -92,13 +92,14 @@ def finetune_control(baseline: nn.Module, arrays, *, epochs: int, seed: int, dev
 
 
 def compress_and_test(baseline: nn.Module, arrays, test, *, device: torch.device, progress: bool = True,
-                      config=None, **overrides) -> tuple[nn.Module, Any, float, float]:
-    """``mtd.compress(baseline, arrays, config, **overrides)`` scored on ``test``:
+                      config=None, val_data=None, **overrides) -> tuple[nn.Module, Any, float, float]:
+    """``mtd.compress(baseline, arrays, config, val_data=val_data, **overrides)`` scored on ``test``:
     ``(compressed, plan, test accuracy %, seconds of the compress call)``."""
     from mtd.planner import compress
 
     t0 = time.perf_counter()
-    compressed, plan = compress(baseline, arrays, config, device=device, progress=progress, **overrides)
+    compressed, plan = compress(baseline, arrays, config, val_data=val_data, device=device, progress=progress,
+                                **overrides)
     seconds = time.perf_counter() - t0
     acc = test_accuracy(compressed, test)
     return compressed, plan, acc, seconds

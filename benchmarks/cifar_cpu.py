@@ -3,7 +3,9 @@
 
 Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restarted run skips finished steps):
 
-1. baseline: VGG11 (width ``--width``) trained ``--epochs`` epochs (checkpoint cached under ``runs/``);
+1. baseline: VGG11 (width ``--width``) trained ``--epochs`` epochs on the training images less ``--val`` of them
+   (checkpoint cached under ``runs/``); those ``--val`` images verify every compressed model's budget
+   (``val_data``): images the baseline never trained on, so a held-out drop is not inflated by memorisation;
 2. control: the dense baseline fine-tuned with the same schedule as every compressed model (fine-tuning
    alone can lift a short-trained baseline; drops are reported against the baseline and the better of both);
 3. mtd-budget: ``mtd.compress`` with ``--max-drop`` (the search of ``mtd.planner.search``);
@@ -12,7 +14,7 @@ Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restar
 Every compressed model is fine-tuned ``--finetune-epochs`` epochs (distilled from the baseline) and evaluated
 on the 10,000 test images. ~35 min on 2 cores at the defaults.
 
-Smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subset 3000 --grid tiny --ratios 4
+Smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subset 3000 --val 500 --grid tiny --ratios 4 --out /tmp/cc_smoke
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--ratios", default="4,8,16", help="ratios of the accuracy-vs-compression curves")
     p.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--confidence", type=float, default=0.8)
-    p.add_argument("--holdout", type=int, default=5000, help="held-out training images that verify the budget")
+    p.add_argument("--val", type=int, default=5000, help="training images kept out of the baseline's training; "
+                   "they verify the budget")
     p.add_argument("--grid", default="full", choices=("full", "small", "coarse", "tiny"))
     p.add_argument("--subset", type=int, default=None, help="use only this many training images (smoke runs)")
     p.add_argument("--cache-dir", default="runs/cifar_cpu_cache", help="decompositions and candidate scores")
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
 
     from mtd.data import TensorDataLoader
 
-    arrays = bu.cifar_arrays(args.data, args.subset, args.seed)
+    arrays, val_data = bu.cifar_arrays(args.data, args.subset, args.seed).split_validation(args.val, args.seed)
     stem = args.stem or (f"cifar_cpu_subset{args.subset}" if args.subset else "cifar_cpu")
     if args.baseline_only:
         _baseline(arrays, args, torch.device("cpu"))
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
     for name, method, ratio in jobs:
         if name in steps:
             continue
-        steps[name] = _compress_step(baseline, arrays, args, device, test, method, ratio)
+        steps[name] = _compress_step(baseline, arrays, val_data, args, device, test, method, ratio)
         print(f"{name}: {steps[name]['param_ratio']:.2f}x, test {steps[name]['accuracy']:.2f}% "
               f"(drop {steps['baseline']['accuracy'] - steps[name]['accuracy']:+.2f}), {steps[name]['seconds']:.0f} s")
         save()
@@ -116,14 +119,14 @@ def _control(baseline, arrays, args, device, test) -> dict:
             "finetune_epochs": args.finetune_epochs}
 
 
-def _compress_step(baseline, arrays, args, device, test, method, ratio) -> dict:
+def _compress_step(baseline, arrays, val_data, args, device, test, method, ratio) -> dict:
     from mtd.planner import CompressConfig
 
     t0 = time.perf_counter()
     cfg = CompressConfig(method=method, max_drop=args.max_drop if ratio is None else None, target_ratio=ratio,
-                         confidence=args.confidence, grid=args.grid, holdout_size=args.holdout,
-                         finetune_epochs=args.finetune_epochs, seed=args.seed, cache_dir=args.cache_dir)
-    _, plan, accuracy, _ = ex.compress_and_test(baseline, arrays, test, device=device, config=cfg)
+                         confidence=args.confidence, grid=args.grid, finetune_epochs=args.finetune_epochs,
+                         seed=args.seed, cache_dir=args.cache_dir)
+    _, plan, accuracy, _ = ex.compress_and_test(baseline, arrays, test, device=device, config=cfg, val_data=val_data)
     r = plan.results
     row = {"method": method, "target_ratio": ratio, "param_ratio": r["model_param_ratio"],
            "macs_ratio": plan.totals()["macs_ratio"], "accuracy": accuracy,
@@ -149,8 +152,8 @@ def _markdown(results: dict, stem: str) -> str:
              f"Machine: {m['cpu']} (host {m['host']}, torch {m['torch']}, {m['torch_threads']} threads). "
              f"Baseline trained {a['epochs']} epochs; every compressed model and the dense control fine-tuned "
              f"{a['finetune_epochs']} epochs (distilled from the baseline); seed {a['seed']}; candidate grid "
-             f"`{a['grid']}`; budget {a['max_drop']} point at confidence {a['confidence']} on {a['holdout']} "
-             f"held-out training images. Wall time {results.get('wall_seconds', 0) / 60:.1f} min. "
+             f"`{a['grid']}`; budget {a['max_drop']} point at confidence {a['confidence']} on {a['val']} "
+             f"training images the baseline never trained on. Wall time {results.get('wall_seconds', 0) / 60:.1f} min. "
              f"Test accuracy on the 10,000 test images.", ""]
     if base is not None:
         lines.append(f"Baseline {base:.2f}%"
@@ -158,7 +161,7 @@ def _markdown(results: dict, stem: str) -> str:
                      + "; drops are against the baseline and against the better of the two.")
         lines.append("")
     lines += ["| step | method | target | params | MACs | test acc (%) | drop vs baseline | drop vs best dense | "
-              "held-out drop (+margin) | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "validation drop (+margin) | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in steps.items():
         if name in ("baseline", "control"):
             continue
@@ -174,7 +177,7 @@ def _markdown(results: dict, stem: str) -> str:
         for l in budget["layers"]:
             lines.append(f"| {l['name']} | {l['method']} | {l['ranks']} | {l['params_before']} | {l['params_after']} |")
         if "search" in budget:
-            lines += bu.search_lines(budget["search"], "held-out images")
+            lines += bu.search_lines(budget["search"], "the validation images")
     lines += ["", f"![accuracy vs compression]({stem}.png)", ""]
     return "\n".join(lines)
 

@@ -256,3 +256,27 @@ def test_the_same_seed_trains_the_same_quick_baseline(tiny_cifar, tmp_path):
                                      str(tmp_path / f"b{run}.pt"))
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_quick_job_fine_tunes_its_short_trained_baseline_at_its_own_rate():
+    import argparse
+
+    from mtd.commands.compress_cmd import QUICK_FINETUNE_LR, add_parser, compress_options
+    from mtd.planner import CompressConfig
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    parse = lambda *a: parser.parse_args(["compress", "--data", "x", *a])  # noqa: E731
+    assert compress_options(parse(), quick=True)["finetune_lr"] == QUICK_FINETUNE_LR
+    assert compress_options(parse(), quick=False)["finetune_lr"] == CompressConfig.finetune_lr  # a checkpoint
+    assert compress_options(parse("--finetune-lr", "0.02"), quick=True)["finetune_lr"] == 0.02
+    assert QUICK_FINETUNE_LR != CompressConfig.finetune_lr
+    assert compress_options(parse(), quick=True)["confidence"] == CompressConfig.confidence
+    assert compress_options(parse("--confidence", "0.95"), quick=True)["confidence"] == 0.95
+
+
+def test_confidence_out_of_range_fails_before_any_training(capsys, tiny_cifar, tmp_path):
+    rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--confidence", "1.5", "--out",
+                         str(tmp_path / "out"))
+    assert_user_error(rc, err, "confidence")
+    assert not (tmp_path / "out" / "baseline.pt").exists()

@@ -171,14 +171,14 @@ def test_bisect_most_compressed():
     assert bisect_most_compressed(3, 2, ok) is None
 
 
-def _fake_search(true_drop, max_drop=1.0, rounds=3, recovery=0.5):
-    """A search over indices 0..len-1 whose probe drop is ``true_drop[i] + recovery`` and whose fine-tuned,
-    verified drop is ``true_drop[i]`` (margin 0.2)."""
+def _fake_search(true_drop, max_drop=1.0, rounds=3, recovery=0.5, probe_drops=None):
+    """A search over indices 0..len-1 whose probe drop is ``true_drop[i] + recovery`` (or ``probe_drops[i]``)
+    and whose fine-tuned, verified drop is ``true_drop[i]`` (margin 0.2)."""
 
     def probe(i):
         model = nn.Identity()
         model.index = i
-        return true_drop[i] + recovery, model
+        return (true_drop[i] + recovery if probe_drops is None else probe_drops[i]), model
 
     def finish(model):
         d = true_drop[model.index]
@@ -202,6 +202,15 @@ def test_frontier_search_moves_toward_less_compression_after_a_failure():
     search, best = _fake_search(drops, recovery=-1.0)
     assert search.history[0].index <= 2 and not search.history[0].verification.passed
     assert best is not None and best.index == 4  # 0.9 + 0.2 margin > 1.0, 0.5 + 0.2 passes
+
+
+def test_frontier_search_spends_its_last_round_between_a_failure_and_a_pass_when_probes_say_nothing():
+    # probes that do not follow the verified drops (all 10): round 1 halfway (index 5 passes), round 2 at the most
+    # compressed index (fails); no probe then predicts a pass, and round 3 still goes halfway between them
+    drops = [9.0, 6.0, 3.0, 0.7, 0.6, 0.5, 0.3, 0.2, 0.1, 0.0]
+    search, best = _fake_search(drops, probe_drops=[10.0] * len(drops))
+    assert [r.index for r in search.history] == [5, 0, 3]
+    assert best is not None and best.index == 3 and best.verification.passed
 
 
 def test_frontier_search_returns_none_when_nothing_passes():
