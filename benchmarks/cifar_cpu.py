@@ -12,9 +12,10 @@ Steps (each written to ``<out>/<stem>.{json,md,png}`` when it finishes; a restar
 4. for each ratio in ``--ratios``: MTD at that target ratio, CP-uniform and Tucker-uniform at the same ratio.
 
 Every compressed model is fine-tuned ``--finetune-epochs`` epochs (distilled from the baseline) and evaluated
-on the 10,000 test images. ~35 min on 2 cores at the defaults.
+on the 10,000 test images. About 1 h at the defaults (1 torch thread, AVX-512 host, 2026-12-06).
 
-Smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subset 3000 --val 500 --grid tiny --ratios 4 --out /tmp/cc_smoke
+Smoke run:  python benchmarks/cifar_cpu.py --epochs 1 --finetune-epochs 1 --subset 3000 --val 500 --grid tiny \
+    --ratios 4 --out /tmp/cc_smoke
 """
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def _markdown(results: dict, stem: str) -> str:
              f"Baseline trained {a['epochs']} epochs; every compressed model and the dense control fine-tuned "
              f"{a['finetune_epochs']} epochs (distilled from the baseline); seed {a['seed']}; candidate grid "
              f"`{a['grid']}`; budget {a['max_drop']} point at confidence {a['confidence']} on {a['val']} "
-             f"training images the baseline never trained on. Wall time {results.get('wall_seconds', 0) / 60:.1f} min. "
+             f"training images the baseline never trained on. "
+             f"Wall time {results.get('wall_seconds', 0) / 60:.1f} min. "
              f"Test accuracy on the 10,000 test images.", ""]
     if base is not None:
         lines.append(f"Baseline {base:.2f}%"

@@ -144,7 +144,8 @@ def markdown(results: dict) -> str:
                          f"{c['test']['base_accuracy']:.2f} -> {c['test']['accuracy']:.2f}% | {-held:+.2f} / "
                          f"{s['test']['accuracy'] - c['test']['accuracy']:+.2f} |")
     if steps:
-        met = sum(s["within_budget"] and s["ratio"] >= GOAL_RATIO and s["wall_seconds"] <= GOAL_SECONDS for s in steps)
+        met = sum(s["within_budget"] and s["ratio"] >= GOAL_RATIO and s["wall_seconds"] <= GOAL_SECONDS
+                  for s in steps)
         lines += ["", f"Goal met in {met} of {len(steps)} runs."]
     return "\n".join(lines) + "\n"
 

@@ -11,15 +11,15 @@ recovers most of what decomposition costs. Two kinds of measurement, cheap first
   weights) and verifies it on the held-out images with the confidence margin (``verify.py``).
 
 Bisection over the probes finds the most compressed index whose *predicted* verified drop (plus the last
-round's margin) is within ``max_drop``; when no probe between the known failure and the known pass qualifies, the
-round goes halfway between them (rounds left unused would buy no margin). The prediction maps a probe drop to the drop left after the long
-fine-tune: before any round, a fixed fraction ``RETAINED`` of it (fine-tuning recovers most of what
-decomposition costs, and more of a large loss than of a small one, so the model is proportional, not an
-additive offset); after one round with a probe drop worth the name, the fraction that round measured;
+round's margin) is within ``max_drop``; when no probe between the known failure and the known pass qualifies,
+the round goes halfway between them (a round left unused buys no margin). The prediction maps a probe drop to
+the drop left after the long fine-tune: before any round, a fixed fraction ``RETAINED`` of it (fine-tuning
+recovers most of what decomposition costs, and more of a large loss than of a small one, so the model is
+proportional, not an additive offset); after one round with a probe drop worth the name, the fraction that round measured;
 after two or more rounds, the least-squares line through their (probe drop, verified drop) points. A
 passing round moves the next round toward more compression, a failing one toward less (the next bisection
-is confined between the most compressed index known to fail and the least compressed known to pass). The most compressed passing model
-is kept; when no round passes, the caller falls back to the original model.
+is confined between the most compressed index known to fail and the least compressed known to pass). The
+most compressed passing model is kept; when no round passes, the caller falls back to the original model.
 
 Why this and not the previous rule (keep assignments whose *pre*-fine-tuning calibration drop is within
 5 x max_drop, back off only toward less compression): on VGG11 width 1/4 that rule stopped at 3.0x with
