@@ -79,15 +79,17 @@ def train_baseline(arrays, model_name: str, width: float, *, epochs: int, lr: fl
     return model.to(memory_format=torch.contiguous_format).eval()
 
 
-def finetune_control(baseline: nn.Module, arrays, *, epochs: int, seed: int, device: Any = "cpu") -> nn.Module:
+def finetune_control(baseline: nn.Module, arrays, *, epochs: int, seed: int, device: Any = "cpu",
+                     lr: float = 0.01) -> nn.Module:
     """The dense control: a copy of ``baseline`` through the compressed models' fine-tuning (distilled from
-    itself, all training images), which separates what fine-tuning alone gains from what compression loses."""
+    itself, all training images, peak rate ``lr``), which separates what fine-tuning alone gains from what
+    compression loses."""
     from mtd.data import TensorDataLoader
     from mtd.train.finetune import finetune
 
     model = copy.deepcopy(baseline)
     loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=seed)
-    finetune(model, loader, epochs=epochs, lr=0.01, teacher=baseline, seed=seed)
+    finetune(model, loader, epochs=epochs, lr=lr, teacher=baseline, seed=seed)
     return model.eval()
 
 

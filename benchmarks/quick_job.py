@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_util as bu  # noqa: E402
+import _experiment as ex  # noqa: E402
 
 GOAL_RATIO, GOAL_SECONDS = 4.0, 600.0
 
@@ -43,30 +44,9 @@ def main(argv=None) -> int:
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         key = f"seed{seed}"
         folder = Path(args.work) / key
-        if key in results["steps"]:
-            if args.control and "control" not in results["steps"][key]:
-                results["steps"][key]["control"] = control(args.data, folder, seed)
-                write(results, out, args.stem)
-            continue
-        cmd = [sys.executable, "-m", "mtd.cli", "compress", "--data", args.data, "--seed", str(seed), "--quiet",
-               "--out", str(folder), *args.extra]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        seconds = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise SystemExit(f"seed {seed}: mtd compress exited {proc.returncode}\n{proc.stderr[-2000:]}")
-        r = json.loads((folder / "plan.json").read_text())["results"]
-        trained = re.search(r"trained in (\d+) s", proc.stdout)
-        results["steps"][key] = {
-            "seed": seed, "wall_seconds": seconds, "baseline_seconds": int(trained.group(1)) if trained else None,
-            "compress_seconds": r["wall_time_s"], "ratio": r["model_param_ratio"], "within_budget": r["within_budget"],
-            "verdict": r["verdict"], "test": r["test"], "holdout": r["holdout"],
-            "verification": r.get("verification"), "rounds": r.get("search", {}).get("rounds", []),
-            "finetune_epochs": r["finetune_epochs"], "command": " ".join(cmd[2:])}
-        write(results, out, args.stem)
-        s = results["steps"][key]
-        print(f"seed {seed}: {s['ratio']:.2f}x, within budget {s['within_budget']}, test drop "
-              f"{s['test']['drop']:+.2f}, {seconds / 60:.1f} min", flush=True)
+        if key not in results["steps"]:
+            results["steps"][key] = run_seed(args, folder, seed)
+            write(results, out, args.stem)
         if args.control and "control" not in results["steps"][key]:
             results["steps"][key]["control"] = control(args.data, folder, seed)
             write(results, out, args.stem)
@@ -75,30 +55,42 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_seed(args: argparse.Namespace, folder: Path, seed: int) -> dict:
+    """One ``mtd compress`` of the main job in a fresh process, timed; its row."""
+    cmd = [sys.executable, "-m", "mtd.cli", "compress", "--data", args.data, "--seed", str(seed), "--quiet",
+           "--out", str(folder), *args.extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"seed {seed}: mtd compress exited {proc.returncode}\n{proc.stderr[-2000:]}")
+    r = json.loads((folder / "plan.json").read_text())["results"]
+    trained = re.search(r"trained in (\d+) s", proc.stdout)
+    row = {"seed": seed, "wall_seconds": seconds, "baseline_seconds": int(trained.group(1)) if trained else None,
+           "compress_seconds": r["wall_time_s"], "ratio": r["model_param_ratio"], "within_budget": r["within_budget"],
+           "verdict": r["verdict"], "test": r["test"], "holdout": r["holdout"],
+           "verification": r.get("verification"), "rounds": r.get("search", {}).get("rounds", []),
+           "finetune_epochs": r["finetune_epochs"], "command": " ".join(cmd[2:])}
+    print(f"seed {seed}: {row['ratio']:.2f}x, within budget {row['within_budget']}, test drop "
+          f"{row['test']['drop']:+.2f}, {seconds / 60:.1f} min", flush=True)
+    return row
+
+
 def control(data: str, folder: Path, seed: int) -> dict:
     """The seed's quick baseline fine-tuned like the quick job's rounds, without compression: accuracy (%) on the
     quick job's verification images and on the test set, before and after."""
-    import copy
-
     from mtd.commands.compress_cmd import QUICK_FINETUNE_EPOCHS, QUICK_FINETUNE_LR, QUICK_VAL_IMAGES
     from mtd.data import TensorDataLoader, load_cifar10
     from mtd.models import load_model
-    from mtd.train import evaluate
-    from mtd.train.finetune import finetune
 
     arrays, val = load_cifar10(data).split_validation(QUICK_VAL_IMAGES, seed)  # the quick job's split
     base = load_model(folder / "baseline.pt").eval()
-    model = copy.deepcopy(base)
-    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, seed=seed)
-    finetune(model, loader, epochs=QUICK_FINETUNE_EPOCHS, lr=QUICK_FINETUNE_LR, teacher=base, seed=seed,
-             progress=False)
-    model.eval()
+    model = ex.finetune_control(base, arrays, epochs=QUICK_FINETUNE_EPOCHS, seed=seed, lr=QUICK_FINETUNE_LR)
     sets = {"holdout": TensorDataLoader(val.train_x, val.train_y, 500, train=False),
             "test": TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False)}
     row = {"finetune_epochs": QUICK_FINETUNE_EPOCHS, "finetune_lr": QUICK_FINETUNE_LR}
     for name, loader in sets.items():
-        row[name] = {"base_accuracy": 100 * evaluate(base, loader)["accuracy"],
-                     "accuracy": 100 * evaluate(model, loader)["accuracy"]}
+        row[name] = {"base_accuracy": ex.test_accuracy(base, loader), "accuracy": ex.test_accuracy(model, loader)}
     print(f"seed {seed} dense control: held-out {row['holdout']['base_accuracy']:.2f} -> "
           f"{row['holdout']['accuracy']:.2f}%, test {row['test']['base_accuracy']:.2f} -> {row['test']['accuracy']:.2f}%",
           flush=True)

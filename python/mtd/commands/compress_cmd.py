@@ -19,17 +19,17 @@ from .train_cmd import DEFAULT_MODEL, DEFAULT_WIDTH, add_common, train_baseline
 
 QUICK_TRAIN_EPOCHS = 3
 # the quick baseline never trains on these training images: they verify the budget (SMOKE: (500, 200) images).
-# 10,000 rather than 5,000: the margin shrinks by ~sqrt(2) (measured 0.31-0.44 points, against 0.39-0.52).
+# 10,000 rather than 5,000: the standard error of a verified drop, and so the margin, shrink by ~sqrt(2).
 QUICK_VAL_IMAGES, SMOKE_VAL_IMAGES = 10000, 100
 # The quick baseline is trained 3 epochs, far from converged: its fine-tunes are continued training, and the
 # library's rate for converged models (0.01) leaves them short. Measured on its 4.82x / 6.24x models (2 epochs,
 # held-out drop, 5,000 images): lr 0.003 1.72 / -, 0.01 1.24 / -, 0.03 0.90 / 1.96, 0.06 0.48 / 0.76,
 # 0.1 0.62 / 1.02 (README, "The README's main job").
 QUICK_FINETUNE_LR = 0.06
-# Three fine-tuning epochs per round (seed 0: 5.20x within budget, 5.2 min; with two, 3.46x) and probes scored
-# on 2,048 calibration images: on 512 the paired standard error of a probe's drop is about a point (8% of the
-# images changing class: sqrt(0.08 / 512) = 1.25 points), and a noisy probe (4.15x: 1.56 points, 3.46x: 0.00)
-# stopped the search before it tried 4.15x.
+# Three fine-tuning epochs per round and probes scored on 2,048 calibration images (together: seed 0 went from
+# 3.46x to 5.20x within budget, 5.2 min). On 512 the paired standard error of a probe's drop is about a point
+# (8% of the images changing class: sqrt(0.08 / 512) = 1.25 points), and a noisy probe (4.15x: 1.56 points,
+# 3.46x: 0.00) stopped the search before it tried 4.15x.
 QUICK_FINETUNE_EPOCHS, QUICK_CALIB_IMAGES = 3, 2048
 # --smoke: images kept (train, test) and the settings that make the main job take seconds
 SMOKE_IMAGES = (500, 200)
