@@ -66,16 +66,15 @@ def test_accuracy(model: nn.Module, test) -> float:
 
 
 def train_baseline(arrays, model_name: str, width: float, *, epochs: int, lr: float, batch_size: int, seed: int,
-                   device: torch.device, channels_last: bool = False, progress: bool = True) -> nn.Module:
+                   device: torch.device, precision: str = "auto", progress: bool = True) -> nn.Module:
     """A registry model trained from scratch on ``arrays``' training split (eval mode, contiguous weights)."""
     from mtd.data import TensorDataLoader
     from mtd.models import build_model
     from mtd.train import train
 
     model = build_model(model_name, num_classes=len(arrays.classes), width=width).to(device)
-    loader = TensorDataLoader(arrays.train_x, arrays.train_y, batch_size, train=True, device=device,
-                              channels_last=channels_last, seed=seed)
-    train(model, loader, epochs=epochs, lr=lr, seed=seed, progress=progress, channels_last=channels_last)
+    loader = TensorDataLoader(arrays.train_x, arrays.train_y, batch_size, train=True, device=device, seed=seed)
+    train(model, loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision)
     return model.to(memory_format=torch.contiguous_format).eval()
 
 
@@ -83,12 +82,12 @@ def finetune_control(baseline: nn.Module, arrays, *, epochs: int, seed: int, dev
                      lr: float = 0.01) -> nn.Module:
     """The dense control: a copy of ``baseline`` through the compressed models' fine-tuning (distilled from
     itself, all training images, peak rate ``lr``), which separates what fine-tuning alone gains from what
-    compression loses."""
+    compression loses. Fine-tunes as ``mtd.compress`` does: its precision, 16 views with a teacher bank."""
     from mtd.data import TensorDataLoader
     from mtd.train.finetune import finetune
 
     model = copy.deepcopy(baseline)
-    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=seed)
+    loader = TensorDataLoader(arrays.train_x, arrays.train_y, 128, train=True, device=device, seed=seed, views=16)
     finetune(model, loader, epochs=epochs, lr=lr, teacher=baseline, seed=seed)
     return model.eval()
 
@@ -120,8 +119,7 @@ def run_experiment(arrays, cfg: ExperimentConfig, device: torch.device, *, log: 
     test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device, channels_last=channels_last)
     t0 = time.perf_counter()
     model = train_baseline(arrays, cfg.model, cfg.width, epochs=cfg.train_epochs, lr=cfg.train_lr,
-                           batch_size=cfg.batch_size, seed=cfg.seed, device=device, channels_last=channels_last,
-                           progress=progress)
+                           batch_size=cfg.batch_size, seed=cfg.seed, device=device, progress=progress)
     base_acc = test_accuracy(model, test)
     results["baseline"] = {"accuracy": base_acc, "train_seconds": time.perf_counter() - t0, "params": params(model)}
     log(f"baseline {cfg.model} w={cfg.width}: {base_acc:.2f}% after {cfg.train_epochs} epochs "

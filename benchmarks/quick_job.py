@@ -4,7 +4,7 @@
 Each seed runs the command a user runs, in a fresh process: it trains its own quick baseline, compresses it
 within the 1-point budget and reports test accuracy. Rows (seed, wall time, ratio, verdict, test drop, every
 search round) are written to ``<out>/<stem>.{json,md}`` after each run; a restarted run skips finished seeds.
-Time it on a quiet machine: the goal is a model >= 4x within budget in <= 10 minutes, in every run.
+Time it on a quiet machine: the goal is a model >= 8x within budget in <= 10 minutes, in every run.
 ``--control`` then adds, per seed, the dense control: that seed's baseline through the same fine-tuning without
 compression (what fine-tuning alone gains on a short-trained baseline); it may run beside other work.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_util as bu  # noqa: E402
 import _experiment as ex  # noqa: E402
 
-GOAL_RATIO, GOAL_SECONDS = 4.0, 600.0
+GOAL_RATIO, GOAL_SECONDS = 8.0, 600.0  # #29's goal (#17's was 4x)
 
 
 def main(argv=None) -> int:

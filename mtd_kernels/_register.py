@@ -61,8 +61,17 @@ def _register(spec: OpSpec) -> None:
         return (grad_x, *grad_ws, grad_b, None, None, None, None)
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    _register_autocast(qualname)
 
     LIB.impl(spec.name, cuda_entry(spec), "CUDA")
+
+
+def _register_autocast(qualname: str) -> None:
+    """Under autocast (``mtd.utils.precision``'s bf16 passes) the op runs in bf16: every floating input is cast,
+    so factors and input agree (the kernels take one dtype) and the low-precision path runs. bf16 whatever the
+    region's dtype: autocast's own dtype is not visible to a fixed-cast rule, and bf16 is the one mtd uses."""
+    for device_type in ("cpu", "cuda"):
+        torch.library.register_autocast(qualname, device_type, torch.bfloat16, lib=LIB)
 
 
 def cuda_entry(spec: OpSpec) -> Callable:
@@ -125,6 +134,7 @@ def _register_bridge() -> None:
         ctx.needs_input_grad_flat = [ctx.needs_input_grad[0], *spatial_needs, *ctx.needs_input_grad[2:5]]
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_and_flags)
+    _register_autocast(qualname)
 
     LIB.impl(bridge.NAME, bridge_cuda_entry, "CUDA")
 

@@ -14,7 +14,7 @@ from mtd.train import train
 from mtd.train.distributed import cleanup, init_distributed, wrap_ddp
 
 WORLD = 2
-ARGS = dict(epochs=2, lr=0.05, schedule="cosine", seed=0, progress=False)
+ARGS = dict(epochs=2, lr=0.05, schedule="cosine", seed=0, progress=False, precision="fp32")  # exact comparisons
 
 
 def data():

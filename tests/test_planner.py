@@ -252,8 +252,10 @@ def test_config_validates_and_round_trips():
 # --- thesis rule --------------------------------------------------------------------------------------------
 def test_thesis_mode_picks_cp_for_cp_layer_and_tucker_for_tucker_layer(tiny):
     model, x, y = tiny
+    # fp32 scoring: the exact CP-3 structure costs nothing in fp32, while bf16 rounding alone costs this
+    # 100%-accurate toy 3 calibration points (measured: 96.9%), more than the rule's 1-point tolerance
     _, plan = compress(model, (x, y), method="thesis", max_drop=1.0, calib_size=256, holdout_size=64,
-                       finetune_epochs=0, grid=GRID, progress=False, layers=["conv2", "conv3"])
+                       finetune_epochs=0, grid=GRID, progress=False, layers=["conv2", "conv3"], precision="fp32")
     assert plan.layer("conv2").method == "cp" and plan.layer("conv2").ranks[0] >= 3
     assert plan.layer("conv3").method == "tucker"
     assert plan.layer("conv3").rel_error < 1e-6

@@ -173,7 +173,7 @@ def test_bf16_autocast_and_channels_last_on_cpu():
     x, y = synthetic(32)
     model = tiny()
     history = train(model, TensorDataLoader(x, y, 16, train=True, channels_last=True), epochs=1, lr=0.05,
-                    amp=True, channels_last=True, **QUIET)
+                    precision="bf16", **QUIET)
     assert math.isfinite(history[0]["train_loss"])
     assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model.stem[0].weight.dtype == torch.float32  # autocast leaves the master weights in fp32

@@ -26,11 +26,16 @@ QUICK_VAL_IMAGES, SMOKE_VAL_IMAGES = 10000, 100
 # held-out drop, 5,000 images): lr 0.003 1.72 / -, 0.01 1.24 / -, 0.03 0.90 / 1.96, 0.06 0.48 / 0.76,
 # 0.1 0.62 / 1.02 (README, "The README's main job").
 QUICK_FINETUNE_LR = 0.06
-# Three fine-tuning epochs per round and probes scored on 2,048 calibration images (together: seed 0 went from
+# Probes scored on 2,048 calibration images (with 3 fine-tuning epochs a round instead of 2: seed 0 went from
 # 3.46x to 5.20x within budget, 5.2 min). On 512 the paired standard error of a probe's drop is about a point
 # (8% of the images changing class: sqrt(0.08 / 512) = 1.25 points), and a noisy probe (4.15x: 1.56 points,
 # 3.46x: 0.00) stopped the search before it tried 4.15x.
-QUICK_FINETUNE_EPOCHS, QUICK_CALIB_IMAGES = 3, 2048
+QUICK_CALIB_IMAGES = 2048
+# Six fine-tuning epochs a round and four rounds: what bf16 + channels_last and the teacher bank buy
+# (benchmarks/results/finetune_speed.md). Seed 0 on a Zen 4 host with AVX512_BF16, the same search with 3 rounds:
+# 7.57x verified +0.07 after 6 epochs against +0.68 after 3, 11.62x +1.67 against +1.93; the job took 342 s
+# with 6 epochs a round, 240 s with 3.
+QUICK_FINETUNE_EPOCHS, QUICK_SEARCH_ROUNDS = 6, 4
 # --smoke: images kept (train, test) and the settings that make the main job take seconds
 SMOKE_IMAGES = (500, 200)
 SMOKE_OPTIONS = dict(grid="tiny", calib_size=64, holdout_size=100, finetune_epochs=1, search_rounds=1,
@@ -59,6 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--finetune-lr", type=float, default=None, help="peak fine-tuning learning rate (default "
                    f"{QUICK_FINETUNE_LR} for the quick demo's short-trained baseline, 0.01 with a checkpoint)")
+    p.add_argument("--search-rounds", type=int, default=None, help="fine-tuned and verified rounds of the budget "
+                   "search (default 4 for the quick demo, 3 with a checkpoint)")
+    p.add_argument("--finetune-views", type=int, default=None, help="augmented views per fine-tuning image "
+                   "whose teacher outputs are computed once and reused (default 16; 0: fresh augmentation every "
+                   "epoch, teacher run on every batch)")
     p.add_argument("--no-reconstruct", action="store_true", help="skip the layer-by-layer reconstruction of "
                    "each decomposed layer before fine-tuning (on by default)")
     p.add_argument("--aware", action="store_true", help="decompose activation-aware (from the layers' input "
@@ -92,8 +102,9 @@ def compress_options(args: argparse.Namespace, quick: bool) -> dict:
         finetune_lr=args.finetune_lr if args.finetune_lr is not None else (
             QUICK_FINETUNE_LR if quick else CompressConfig.finetune_lr),
         confidence=args.confidence if args.confidence is not None else CompressConfig.confidence,
-        search_rounds=3, reconstruct=not args.no_reconstruct,
-        aware=args.aware)
+        search_rounds=args.search_rounds or (QUICK_SEARCH_ROUNDS if quick else 3), reconstruct=not args.no_reconstruct,
+        aware=args.aware, precision=args.precision,
+        finetune_views=args.finetune_views if args.finetune_views is not None else CompressConfig.finetune_views)
     if args.mean is not None or args.std is not None:
         options.update(mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"))
     if args.smoke:
@@ -160,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         epochs = 1 if args.smoke else args.train_epochs
         print(f"no --checkpoint: training a quick {name} (width {width}) baseline for {epochs} epochs")
         baseline, _, secs = train_baseline(arrays, name, width, epochs, 0.1, 128, device, args.seed,
-                                           progress, str(out / "baseline.pt"))
+                                           progress, str(out / "baseline.pt"), args.precision)
         print(f"  trained in {secs:.0f} s -> {out / 'baseline.pt'}")
     baseline = baseline.to(device).eval()
     compressed, plan = run_compress(baseline, arrays, options, device, progress, val_data=val)

@@ -27,10 +27,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="folder for the decoded data (default ~/.cache/mtd)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="training and "
+                   "forward passes: auto = bf16 autocast + channels_last where the device computes bf16 "
+                   "natively (CUDA, CPUs with AVX512_BF16 or AMX), fp32 elsewhere; test accuracy is always fp32")
 
 
 def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float, batch_size: int, device,
-                   seed: int, progress: bool, out: str):
+                   seed: int, progress: bool, out: str, precision: str = "auto"):
     """Build, train and save a baseline; returns (model, test accuracy in %, seconds)."""
     import torch
 
@@ -43,12 +46,11 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
         model = build_model(model_name, num_classes=len(arrays.classes), width=width).to(device)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
-    channels_last = device.type == "cpu"  # faster convs on CPU
-    train_loader, test_loader = data_loaders(arrays, batch_size, device, seed, channels_last)
+    train_loader, test_loader = data_loaders(arrays, batch_size, device, seed)
     t0 = time.perf_counter()
-    train(model, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, channels_last=channels_last)
+    train(model, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision)
     seconds = time.perf_counter() - t0
-    model = model.to(memory_format=torch.contiguous_format)
+    model = model.to(memory_format=torch.contiguous_format)  # train() may have made it channels_last
     acc = 100.0 * evaluate(model, test_loader)["accuracy"]
     save_checkpoint(out, model, extra={"test_accuracy": acc, "epochs": epochs})
     return model, acc, seconds
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
     arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
     _, acc, seconds = train_baseline(arrays, args.model, args.width, args.epochs, args.lr, args.batch_size,
-                                     device, args.seed, not args.quiet, args.out)
+                                     device, args.seed, not args.quiet, args.out, args.precision)
     print(f"trained {args.model} (width {args.width}) for {args.epochs} epochs in {seconds:.0f} s: "
           f"test accuracy {acc:.2f}% -> {args.out}")
     return 0

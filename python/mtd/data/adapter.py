@@ -16,6 +16,7 @@ Images may have any size the model takes.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -38,10 +39,17 @@ class PlanningData:
         return int(self.labels.shape[0])
 
     def loader(self, indices: np.ndarray, batch_size: int, *, train: bool, device: torch.device,
-               seed: int = 0) -> Any:
+               seed: int = 0, views: Optional[int] = None) -> Any:
         """A re-iterable of ``(x, y)`` batches on ``device`` over ``indices`` (shuffled, and augmented where
-        the source defines augmentation, if ``train``); has ``len()`` (batches per pass)."""
+        the source defines augmentation, if ``train``); has ``len()`` (batches per pass).
+
+        ``views=K``: where the source can (uint8 arrays), the augmentation is a function of (image index,
+        epoch mod K) and batches are ``mtd.data.loader.KeyedBatch``es keyed by it; other sources ignore it."""
         raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A digest of the images, labels and normalisation (what keys a persistent teacher bank)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fingerprint")
 
     def batches(self, indices: np.ndarray, batch_size: int, device: torch.device) -> list[Batch]:
         """All (x, y) batches over ``indices`` in order, materialised (for repeated scoring)."""
@@ -58,12 +66,21 @@ class ArrayData(PlanningData):
     std: Optional[tuple[float, ...]] = None
     augment: bool = False  # CIFAR crop + flip when training (CIFAR10Arrays only)
 
-    def loader(self, indices, batch_size, *, train, device, seed=0):
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for array in (self.images, self.labels):
+            t = torch.as_tensor(array).detach().to("cpu").contiguous()
+            h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(f"{self.mean}|{self.std}|{self.augment}".encode())
+        return h.hexdigest()
+
+    def loader(self, indices, batch_size, *, train, device, seed=0, views=None):
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if self.mean is not None:  # uint8
             return TensorDataLoader(self.images[np.asarray(indices)], self.labels[idx], batch_size=batch_size,
                                     train=train, augment=train and self.augment, device=device, seed=seed,
-                                    mean=self.mean, std=self.std)
+                                    mean=self.mean, std=self.std, views=views, ids=np.asarray(indices))
         return _FloatLoader(self.images[idx], self.labels[idx], batch_size, train, device, seed)
 
 
@@ -96,7 +113,7 @@ class DatasetData(PlanningData):
     num_workers: int = 0
     collate_fn: Any = None
 
-    def loader(self, indices, batch_size, *, train, device, seed=0):
+    def loader(self, indices, batch_size, *, train, device, seed=0, views=None):
         generator = torch.Generator().manual_seed(seed)
         inner = DataLoader(Subset(self.dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=train,
                            generator=generator, num_workers=self.num_workers, collate_fn=self.collate_fn,

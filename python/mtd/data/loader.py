@@ -4,6 +4,11 @@ Each batch is gathered, augmented (random crop with 4-pixel zero padding + horiz
 vectorised indexing op, normalised and converted to float there — no per-image Python and no
 host-to-device copies per batch. The shuffle order and augmentation of an epoch depend only on
 ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted run would.
+
+With ``views=K`` the augmentation is instead a pure function of (image id, view), view = epoch mod K: the same
+view of an image has the same pixels in any batch, order, seed or process. Each batch then carries the keys
+``id * K + view`` (:class:`KeyedBatch`), so a teacher's outputs can be computed once per view and reused
+(``mtd.train.teacher_bank``; consistent teaching, Beyer et al. CVPR 2022).
 """
 from __future__ import annotations
 
@@ -20,19 +25,50 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 CROP_PADDING = 4
 
 
+class KeyedBatch(tuple):
+    """An ``(images, labels)`` pair that also carries ``keys`` (B,) int64: ``image id * views + view``."""
+
+    keys: torch.Tensor
+
+    def __new__(cls, images: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor) -> "KeyedBatch":
+        batch = super().__new__(cls, (images, labels))
+        batch.keys = keys
+        return batch
+
+
+VIEW_AUGMENTATION = "crop4-flip-splitmix64-v1"  # names what view_augmentation computes (teacher banks key on it)
+
+
+def view_augmentation(ids: ArrayLike, view: int, padding: int = CROP_PADDING) -> Tuple[torch.Tensor, ...]:
+    """``(crop_y, crop_x, flip)`` of view ``view`` of the images ``ids``: a hash (splitmix64) of (id, view), so
+    the same in every process and independent of batch, order and seed."""
+    z = (np.asarray(ids, dtype=np.uint64) << np.uint64(16)) ^ np.uint64(view)
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    span = np.uint64(2 * padding + 1)
+    crop_y, crop_x, flip = z % span, (z // span) % span, (z // (span * span)) % np.uint64(2) == 1
+    return (torch.from_numpy(crop_y.astype(np.int64)), torch.from_numpy(crop_x.astype(np.int64)),
+            torch.from_numpy(flip))
+
+
 class TensorDataLoader:
     """Batches ``(images float (B, 3, H, W), labels int64 (B,))`` from uint8 ``(N, H, W, 3)`` images.
 
     ``train=True`` turns on shuffling, augmentation and ``drop_last`` (each can be overridden).
     ``rank``/``world_size`` shard every epoch like ``DistributedSampler``: in training the order is
     padded by wrapping around so that every rank gets the same number of batches.
+    ``views=K`` makes the augmentation a function of (``ids[i]``, epoch mod K) and yields :class:`KeyedBatch`es;
+    ``ids`` (default ``0..N-1``) are the images' ids in the whole data set (unique, < 2**40).
     """
 
     def __init__(self, x_uint8: ArrayLike, y: ArrayLike, batch_size: int, *, train: bool,
                  device: Union[str, torch.device] = "cpu", channels_last: bool = False, seed: int = 0,
                  drop_last: Optional[bool] = None, shuffle: Optional[bool] = None, augment: Optional[bool] = None,
                  rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
-                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
+                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+                 views: Optional[int] = None, ids: Optional[ArrayLike] = None):
         images = torch.as_tensor(x_uint8)
         labels = torch.as_tensor(y)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != len(mean):
@@ -47,6 +83,13 @@ class TensorDataLoader:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        if views is not None and not (isinstance(views, int) and 1 <= views <= 1 << 16):
+            raise ValueError(f"views must be an int in [1, 65536] or None, got {views!r}")
+        ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
+        if ids.shape != (images.shape[0],) or not np.issubdtype(ids.dtype, np.integer) or (
+                len(ids) and (ids.min() < 0 or ids.max() >= 1 << 40)):
+            raise ValueError(f"ids must be {images.shape[0]} integers in [0, 2**40), got {ids.dtype} {ids.shape}")
+        self.views, self.ids = views, torch.from_numpy(ids.astype(np.int64))
         self.device = torch.device(device)
         # (N, H, W, C) -> (N, C, H, W) uint8, once, on the device.
         self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)
@@ -55,6 +98,8 @@ class TensorDataLoader:
         self.train = train
         self.shuffle = train if shuffle is None else shuffle
         self.augment = train if augment is None else augment
+        if views is not None and not self.augment:
+            self.views = 1  # every epoch shows the same pixels: one view
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
         self.seed = seed
@@ -95,14 +140,18 @@ class TensorDataLoader:
             total = math.ceil(n / self.world_size) * self.world_size
             order = torch.cat([order, order[: total - n]])
         # Augmentation is drawn for every global position, then sharded: independent of world_size.
-        span = 2 * CROP_PADDING + 1
-        crop_y = torch.randint(0, span, (len(order),), generator=gen)
-        crop_x = torch.randint(0, span, (len(order),), generator=gen)
-        flip = torch.rand(len(order), generator=gen) < 0.5
+        if self.views is not None:
+            crop_y, crop_x, flip = view_augmentation(self.ids[order].numpy(), epoch % self.views)
+        else:
+            span = 2 * CROP_PADDING + 1
+            crop_y = torch.randint(0, span, (len(order),), generator=gen)
+            crop_x = torch.randint(0, span, (len(order),), generator=gen)
+            flip = torch.rand(len(order), generator=gen) < 0.5
         shard = slice(self.rank, None, self.world_size)
         return order[shard], crop_y[shard], crop_x[shard], flip[shard]
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        view = None if self.views is None else self.epoch % self.views
         order, crop_y, crop_x, flip = (t.to(self.device) for t in self.epoch_plan(self.epoch))
         self.epoch += 1
         for batch in range(len(self)):
@@ -111,7 +160,10 @@ class TensorDataLoader:
             images = self.images[idx]  # (B, C, H, W) uint8
             if self.augment:
                 images = crop_and_flip(images, crop_y[sl], crop_x[sl], flip[sl])
-            yield self._normalise(images), self.labels[idx]
+            if view is None:
+                yield self._normalise(images), self.labels[idx]
+            else:  # keys on the CPU: they index the teacher bank, which lives there
+                yield KeyedBatch(self._normalise(images), self.labels[idx], self.ids[idx.cpu()] * self.views + view)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -30,11 +30,14 @@ from torch import nn
 
 from .. import methods
 from ..data.adapter import as_planning_data
+from ..data.loader import VIEW_AUGMENTATION
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
+from ..train.teacher_bank import TeacherBank, bank_key
 from ..train.teacher_cache import CachedTeacher
 from ..utils import pick_device, progress_bar, seed_everything
+from ..utils.precision import resolve_precision
 from .baselines import RANK_RULES
 from .candidates import Candidate
 from .config import CompressConfig
@@ -89,6 +92,7 @@ class _Run:
         self.log = progress_bar(enabled=False).write if progress else (lambda message: None)
         seed_everything(cfg.seed)
         self.device = pick_device(device)
+        self.precision = resolve_precision(cfg.precision, self.device)
         norm = {} if cfg.mean is None else {"mean": cfg.mean, "std": cfg.std}
         self.data = as_planning_data(train_data, **norm)
         self.val = as_planning_data(val_data, **norm) if val_data is not None else None
@@ -96,7 +100,8 @@ class _Run:
         self.original = copy.deepcopy(model).to(self.device).eval()
         self.layers = _select_layers(self.original, cfg.layers, filter_fn)
         self.splits = _split(len(self.data), cfg, self.val is not None)
-        self.calib = Calibration(self.data.batches(self.splits["calibration"], cfg.batch_size, self.device))
+        self.calib = Calibration(self.data.batches(self.splits["calibration"], cfg.batch_size, self.device),
+                                 self.precision)
         self.num_classes = _check_inputs(self.original, self.data, self.val, self.calib)
         if self.val is not None:
             self.holdout = self.val.batches(np.arange(len(self.val)), cfg.batch_size, self.device)
@@ -118,9 +123,7 @@ class _Run:
         self.base_calib = self.calib.score(self.original)
         self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max))
         self.model_params = sum(p.numel() for p in self.original.parameters())
-        # Every fine-tune distils from the same frozen original over the same seeded batches: on a CPU the
-        # teacher's outputs are worth remembering (train/teacher_cache.py).
-        self.teacher = CachedTeacher(self.original) if self.device.type == "cpu" else self.original
+        self.teacher = self._teacher()
 
     # -- steps --------------------------------------------------------------------------------------------
     def run(self) -> tuple[nn.Module, Plan]:
@@ -154,7 +157,7 @@ class _Run:
         cfg = self.cfg
         io_shapes = record_io_shapes(self.original, self.layers, self.calib.batches[0][0][:2])
         n_batches = max(1, -(-min(cfg.score_images, self.calib.num_images) // cfg.batch_size))
-        score_calib = Calibration(self.calib.batches[:n_batches])
+        score_calib = Calibration(self.calib.batches[:n_batches], self.precision)
         rule = cfg.method not in ("mtd", "thesis")
         only = _rule_candidates(cfg.method, cfg.target_ratio) if rule else None
         path = None
@@ -279,7 +282,7 @@ class _Run:
                         "base_accuracy": 100.0 * float(self.base_correct.double().mean())},
             "model_params_before": self.model_params, "model_param_ratio": ratio,
             "aware": cfg.aware, "reconstruct": cfg.reconstruct, "finetune_epochs": cfg.finetune_epochs,
-            "teacher_kd": cfg.teacher_kd,
+            "teacher_kd": cfg.teacher_kd, "precision": self.precision.name, "teacher": self._teacher_summary(),
             "seed": cfg.seed, "wall_time_s": time.perf_counter() - self.t_start, **info,
         }
         self.log(verdict)
@@ -288,6 +291,17 @@ class _Run:
                 raise BudgetNotMetError(verdict, plan)
             warnings.warn(f"mtd.compress: {verdict}", RuntimeWarning, stacklevel=3)
         return model, plan
+
+    def _teacher_summary(self) -> dict:
+        t = self.teacher
+        if not self.cfg.teacher_kd:
+            return {"kind": "none"}
+        if isinstance(t, TeacherBank):
+            return {"kind": "bank", "views": self._views, "hits": t.hits, "misses": t.misses,
+                    "file": str(t.path) if t.path else None}
+        if isinstance(t, CachedTeacher):
+            return {"kind": "batch cache", "hits": t.hits, "misses": t.misses}
+        return {"kind": "online"}
 
     def _confidence_note(self) -> str:
         if self.tests == 1:
@@ -320,12 +334,35 @@ class _Run:
             cfg = ReconstructionConfig(images=self.cfg.recovery_images, steps=self.cfg.reconstruct_steps)
             reconstruct(model, self.original, self.recovery_images, cfg, seed=self.cfg.seed)
         if any(s.method != "dense" for s in a.values()):
-            recalibrate_batchnorm(model, self._finetune_loader(self.cfg.seed))
+            recalibrate_batchnorm(model, self._finetune_loader(self.cfg.seed), precision=self.precision)
         return model
 
     def _finetune_loader(self, seed: int):
         batch = max(1, min(self.cfg.finetune_batch_size, len(self.splits["finetune"])))
-        return self.data.loader(self.splits["finetune"], batch, train=True, device=self.device, seed=seed)
+        return self.data.loader(self.splits["finetune"], batch, train=True, device=self.device, seed=seed,
+                                views=self._views or None)
+
+    def _teacher(self) -> nn.Module:
+        """What every fine-tune distils from: a bank of the original's outputs per (image, view) where the data
+        has views (``cfg.finetune_views``), persistent in ``cache_dir``; otherwise, on a CPU, the original with
+        its outputs remembered per exact input batch (``train/teacher_cache.py``: the same seeded batches recur
+        across fine-tunes)."""
+        cfg = self.cfg
+        classes = self.num_classes
+        # at most 1 GiB of fp16 outputs: fewer views for large data sets, none where one view does not fit
+        self._views = min(cfg.finetune_views, (1 << 30) // max(1, 2 * classes * len(self.data)))
+        if self._views:  # what the source makes of it: none (a Dataset's own transforms), 1 (no augmentation)
+            self._views = getattr(self._finetune_loader(cfg.seed), "views", None) or 0
+        if not cfg.teacher_kd:
+            return self.original  # (never called)
+        if not self._views:
+            return CachedTeacher(self.original) if self.device.type == "cpu" else self.original
+        path, key = None, ""
+        if cfg.cache_dir:
+            key = bank_key(self.original, self.data.fingerprint(), self._views, self.precision, VIEW_AUGMENTATION)
+            path = Path(cfg.cache_dir) / f"teacher-bank-{key}.npz"
+        return TeacherBank(self.original, len(self.data) * self._views, precision=self.precision, path=path,
+                           key=key)
 
     def _finetune(self, model: nn.Module, *, seed: int, epochs: int, max_steps: Optional[int] = None) -> None:
         from ..train.finetune import cp_factor_lr_scales, finetune
@@ -335,7 +372,9 @@ class _Run:
                  teacher=self.teacher if cfg.teacher_kd else None, max_grad_norm=cfg.max_grad_norm,
                  lr_scales=cp_factor_lr_scales(model, cfg.cp_lr_scale),
                  eval_fn=lambda m: self.calib.score(m).accuracy, max_steps=max_steps, seed=seed,
-                 progress=self.progress and max_steps is None, log_fn=self.log)
+                 progress=self.progress and max_steps is None, log_fn=self.log, precision=self.precision)
+        if isinstance(self.teacher, TeacherBank):
+            self.teacher.save()
 
     def _verify(self, model: nn.Module) -> Verification:
         return verify(model, self.holdout, self.base_correct, self.cfg.max_drop, self.z)

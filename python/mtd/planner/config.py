@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from ..utils.precision import PRECISIONS
 from .baselines import RANK_RULES
 from .candidates import CandidateGrid
 
@@ -59,6 +60,16 @@ class CompressConfig:
     Fine-tuning
         finetune_epochs, finetune_lr, finetune_batch_size, teacher_kd (distil from the original),
         cp_lr_scale (learning-rate multiplier of CP factors), max_grad_norm.
+        finetune_views: K, the number of augmented views of each fine-tuning image (view = epoch mod K, each a
+            fixed function of the image); the teacher's output for each view is computed once and reused by
+            every fine-tune (``mtd.train.teacher_bank``; kept in ``cache_dir`` across calls). 0: a fresh random
+            augmentation every epoch and the teacher run on every batch. Only uint8 array data (e.g.
+            ``CIFAR10Arrays``) has views; a ``Dataset``'s own transforms are used as they are.
+    Speed
+        precision: ``auto`` (bf16 autocast + channels_last where the device computes bf16 natively: CUDA, CPUs
+            with AVX512_BF16 or AMX; fp32 elsewhere), ``bf16`` or ``fp32``: for fine-tuning, candidate scoring,
+            probes and BatchNorm re-estimation. The verification that decides the budget and the check of the
+            shipped model always run fp32.
     Data
         mean, std: per-channel normalisation of uint8 images (CIFAR-10's for ``CIFAR10Arrays`` by default).
         batch_size: batch size of the scoring and verification passes.
@@ -90,6 +101,8 @@ class CompressConfig:
     teacher_kd: bool = True
     cp_lr_scale: float = 0.5
     max_grad_norm: Optional[float] = 5.0
+    finetune_views: int = 16
+    precision: str = "auto"
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
     batch_size: int = 256
@@ -133,11 +146,15 @@ class CompressConfig:
         for name in ("calib_size", "score_images", "finetune_batch_size", "batch_size", "search_rounds",
                      "cp_n_iter_max", "recovery_images"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("holdout_size", "finetune_epochs", "seed", "reconstruct_steps"):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("holdout_size", "finetune_epochs", "seed", "reconstruct_steps", "finetune_views"):
             _check_int(name, getattr(self, name), 0)
         for name in ("finetune_lr", "cp_lr_scale"):
             if not (_is_number(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.finetune_views > 1 << 16:
+            raise ValueError(f"finetune_views must be at most 65536, got {self.finetune_views}")
         if not (_is_number(self.probe_fraction) and self.probe_fraction >= 0):
             raise ValueError(f"probe_fraction must be >= 0, got {self.probe_fraction!r}")
         for name in ("aware", "reconstruct"):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import swapped
+from ..utils.precision import FP32, Precision
 
 
 @dataclass(frozen=True)
@@ -24,27 +25,31 @@ class Score:
 
 
 class Calibration:
-    """A fixed list of (images, labels) batches kept on ``device`` for repeated scoring."""
+    """A fixed list of (images, labels) batches kept on ``device`` for repeated scoring, in ``precision``
+    (scores guide choices; the verification that decides a promise runs fp32 in ``verify.py``)."""
 
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], precision: Precision = FP32):
         if not batches:
             raise ValueError("calibration needs at least one batch of images")
-        self.batches = batches
+        self.precision = precision
+        self.batches = [(precision.inputs(x), y) for x, y in batches]  # converted once, scored many times
         self.num_images = sum(int(y.numel()) for _, y in batches)
 
     def score(self, model: nn.Module) -> Score:
         """Loss/accuracy of ``model`` (put in eval mode) on the calibration batches."""
-        return score_loader(model, self.batches)
+        return score_loader(model, self.batches, self.precision)
 
 
 @torch.no_grad()
-def score_loader(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Score:
+def score_loader(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 precision: Precision = FP32) -> Score:
     """Mean cross-entropy and accuracy (percent) of ``model`` in eval mode over ``batches``."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in batches:
-        logits = model(x).float()
+        with precision.autocast():
+            logits = model(precision.inputs(x)).float()
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         count += int(y.numel())

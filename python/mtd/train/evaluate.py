@@ -1,23 +1,15 @@
 """Accuracy and loss of a model over a loader (summed over ranks under DDP)."""
 from __future__ import annotations
 
-import contextlib
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.checkpoint import unwrap_model
+from ..utils.precision import Precision, resolve_precision
 from .distributed import all_reduce_sum
-
-
-def autocast_context(device: torch.device, amp: Optional[bool]):
-    """bf16 autocast: on by default on CUDA, off by default on CPU."""
-    enabled = device.type == "cuda" if amp is None else bool(amp)
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -28,22 +20,23 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Tuple[torch.Tensor, torch.Tensor]], *,
-             amp: Optional[bool] = None, channels_last: bool = False) -> Dict[str, float]:
+             precision: Union[str, Precision] = "fp32") -> Dict[str, float]:
     """``{'accuracy': fraction correct, 'loss': mean cross entropy, 'samples': count}``.
 
-    The model is put in eval mode for the pass and returned to its previous mode afterwards.
+    The model is put in eval mode for the pass and returned to its previous mode afterwards. ``precision``
+    defaults to fp32: reported accuracies are exact; "auto" / "bf16" trade that for speed (progress metrics).
     """
     net = unwrap_model(model)
     device = model_device(net)
+    mode = resolve_precision(precision, device)
     was_training = net.training
     net.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     try:
-        with autocast_context(device, amp):
+        with mode.autocast():
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = mode.inputs(images)
                 logits = net(images).float()
                 totals[0] += F.cross_entropy(logits, labels, reduction="sum")
                 totals[1] += (logits.argmax(1) == labels).sum()

@@ -10,7 +10,12 @@ What :func:`finetune` adds to :func:`mtd.train.train`:
 - divergence detection: a NaN/inf loss, or one ``divergence_factor`` times the mean of the first losses, restores
   the best state so far, halves the learning rate and goes on (at most ``max_retries`` times);
 - best-on-held-out checkpointing: with ``eval_fn`` (higher is better) the model is scored before training
-  and after every epoch, and the best state is what the model holds at the end.
+  and after every epoch, and the best state is what the model holds at the end;
+- ``precision`` ("auto": bf16 autocast + channels_last inputs where the device computes bf16 natively) for the
+  student and the teacher;
+- a teacher run once per view: when the loader's augmentation is a function of (image, view)
+  (``TensorDataLoader(views=K)``), a plain ``teacher`` is wrapped in a :class:`TeacherBank` for the call, and a
+  bank passed in (``mtd.compress`` keeps one across its fine-tunes) is reused as it is.
 
 BatchNorm statistics of a model whose convs were just replaced are stale; :func:`recalibrate_batchnorm`
 re-estimates them from training batches (the planner calls it after surgery).
@@ -19,16 +24,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from ..utils.precision import Precision, resolve_precision
 from ..utils.progress import progress_bar
 from ..utils.seeding import seed_everything
 from .evaluate import model_device
 from .loop import DivergenceError, History, Loader, _no_log, _train_one_epoch
 from .optim import make_optimizer, make_scheduler
+from .teacher_bank import TeacherBank
 
 
 def finetune(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float = 0.01,
@@ -37,8 +44,10 @@ def finetune(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float =
              max_grad_norm: Optional[float] = 5.0, lr_scales: Optional[Mapping[int, float]] = None,
              eval_fn: Optional[Callable[[nn.Module], float]] = None, divergence_factor: float = 5.0,
              max_retries: int = 3, max_steps: Optional[int] = None, seed: int = 0, progress: bool = True,
-             log_fn: Optional[Callable[[str], None]] = None, channels_last: bool = False) -> History:
-    """Fine-tune ``model`` in place (distilling from ``teacher`` when given); one dict per epoch.
+             log_fn: Optional[Callable[[str], None]] = None,
+             precision: Union[str, Precision] = "auto") -> History:
+    """Fine-tune ``model`` in place (distilling from ``teacher``, an ``nn.Module`` or a :class:`TeacherBank`,
+    when given); one dict per epoch.
 
     ``max_steps`` stops after that many optimizer steps in all (short fine-tunes of a search; the schedule
     then spans ``max_steps``). See the module docstring for the safeguards.
@@ -51,8 +60,12 @@ def finetune(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float =
     log = log_fn or (_no_log if not progress else progress_bar(enabled=False).write)
     seed_everything(seed)
     device = model_device(model)
+    mode = resolve_precision(precision, device)
     if teacher is not None:
         teacher.eval()
+        views = getattr(train_loader, "views", None)
+        if views and not isinstance(teacher, TeacherBank):
+            teacher = TeacherBank(teacher, (int(train_loader.ids.max()) + 1) * views, precision=mode)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     best_score = eval_fn(model) if eval_fn is not None else None
     best_state = _state(model)
@@ -72,8 +85,8 @@ def finetune(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float =
                 started = time.perf_counter()
                 loss, accuracy = _train_one_epoch(
                     model, _first(train_loader, n), optimizer, scheduler, device=device, teacher=teacher,
-                    kd_alpha=kd_alpha, kd_temperature=kd_temperature, label_smoothing=label_smoothing, amp=None,
-                    channels_last=channels_last, max_grad_norm=max_grad_norm,
+                    kd_alpha=kd_alpha, kd_temperature=kd_temperature, label_smoothing=label_smoothing,
+                    precision=mode, max_grad_norm=max_grad_norm,
                     bar_desc=f"fine-tune {done // steps_per_epoch + 1}/{-(-total // steps_per_epoch)}",
                     progress=progress, divergence_factor=divergence_factor, reference=reference)
                 done += n
@@ -109,9 +122,11 @@ def cp_factor_lr_scales(model: nn.Module, scale: float) -> dict[int, float]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader: Iterable, num_batches: int = 50) -> int:
+def recalibrate_batchnorm(model: nn.Module, loader: Iterable, num_batches: int = 50,
+                          precision: Union[str, Precision] = "fp32") -> int:
     """Re-estimate every BatchNorm's running statistics from ``num_batches`` batches (cumulative average);
-    returns how many batches were used. Weights are unchanged; the model is left in eval mode."""
+    returns how many batches were used. Weights are unchanged; the model is left in eval mode. The running
+    statistics stay fp32 buffers whatever ``precision`` the passes run in."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
@@ -119,11 +134,13 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, num_batches: int =
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average over the batches below
+    mode = resolve_precision(precision, model_device(model))
     model.train()
     used = 0
     try:
         for x, _ in itertools.islice(loader, num_batches):
-            model(x)
+            with mode.autocast():
+                model(mode.inputs(x))
             used += 1
     finally:
         for bn, momentum in zip(bns, momenta):

@@ -1,5 +1,6 @@
-"""The training loop: SGD + per-step schedule, label smoothing, optional distillation, bf16 autocast,
-atomic per-epoch checkpoints and exact resume. Works on CPU and CUDA, alone or under DDP."""
+"""The training loop: SGD + per-step schedule, label smoothing, optional distillation, bf16 autocast and
+channels_last (``mtd.utils.precision``), atomic per-epoch checkpoints and exact resume. Works on CPU and CUDA,
+alone or under DDP."""
 from __future__ import annotations
 
 import math
@@ -14,9 +15,11 @@ from ..models.checkpoint import load_checkpoint, load_state_dict_checked, save_c
 from ..utils.progress import progress_bar
 from ..utils.seeding import get_rng_state, seed_everything, set_rng_state
 from .distributed import all_reduce_sum, barrier, is_main_process
-from .evaluate import autocast_context, evaluate, model_device
+from ..utils.precision import Precision, resolve_precision
+from .evaluate import evaluate, model_device
 from .losses import distillation_loss
 from .optim import SCHEDULES, make_optimizer, make_scheduler
+from .teacher_bank import TeacherBank
 
 History = List[Dict[str, float]]
 Loader = Iterable[Tuple[torch.Tensor, torch.Tensor]]
@@ -25,7 +28,7 @@ Loader = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 def train(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float, weight_decay: float = 5e-4,
           momentum: float = 0.9, nesterov: bool = True, schedule: str = "onecycle", label_smoothing: float = 0.1,
           teacher: Optional[nn.Module] = None, kd_alpha: float = 0.9, kd_temperature: float = 4.0,
-          amp: Optional[bool] = None, channels_last: bool = False, checkpoint_path: Optional[str] = None,
+          precision: str = "auto", checkpoint_path: Optional[str] = None,
           resume: bool = False, seed: int = 0, progress: bool = True, eval_loader: Optional[Loader] = None,
           log_fn: Optional[Callable[[str], None]] = None, max_grad_norm: Optional[float] = None,
           model_name: Optional[str] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> History:
@@ -33,8 +36,9 @@ def train(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float, wei
 
     ``train_loader`` must have ``len()``; if it has ``set_epoch`` (like :class:`mtd.data.TensorDataLoader`)
     it is called each epoch so a resumed run sees the same batches. ``teacher`` switches on distillation
-    (``kd_alpha`` weight of the soft loss, ``kd_temperature``). ``amp=None`` means bf16 autocast on CUDA
-    and none on CPU. With ``checkpoint_path`` the model and the full training state are saved atomically
+    (``kd_alpha`` weight of the soft loss, ``kd_temperature``). ``precision`` ("auto", "bf16", "fp32",
+    :func:`mtd.utils.precision.resolve_precision`): "auto" is bf16 autocast + channels_last where the device
+    computes bf16 natively (CUDA, CPUs with AVX512_BF16 or AMX), fp32 elsewhere. With ``checkpoint_path`` the model and the full training state are saved atomically
     after every epoch (rank 0 only); ``resume=True`` continues from that file if it exists.
     ``model`` may be DDP-wrapped; metrics are then summed over ranks.
     """
@@ -47,12 +51,12 @@ def train(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float, wei
     seed_everything(seed)
     net = unwrap_model(model)
     device = model_device(net)
-    if channels_last and not _is_channels_last(net):
+    mode = resolve_precision(precision, device)
+    if mode.channels_last and not _is_channels_last(net):
+        # the inputs alone would do in bf16; fp32 convolutions are faster with the weights converted too
         net.to(memory_format=torch.channels_last)  # under DDP, better done before wrapping (wrap_ddp does)
     if teacher is not None:
         teacher.eval()
-        if channels_last:
-            teacher.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     scheduler = make_scheduler(optimizer, schedule, epochs * len(train_loader))
     history: History = []
@@ -67,13 +71,12 @@ def train(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float, wei
         started = time.perf_counter()
         loss, accuracy = _train_one_epoch(
             model, train_loader, optimizer, scheduler, device=device, teacher=teacher, kd_alpha=kd_alpha,
-            kd_temperature=kd_temperature, label_smoothing=label_smoothing, amp=amp,
-            channels_last=channels_last, max_grad_norm=max_grad_norm,
-            bar_desc=f"epoch {epoch + 1}/{epochs}", progress=progress and main)
+            kd_temperature=kd_temperature, label_smoothing=label_smoothing, precision=mode,
+            max_grad_norm=max_grad_norm, bar_desc=f"epoch {epoch + 1}/{epochs}", progress=progress and main)
         record = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         if eval_loader is not None:
-            metrics = evaluate(model, eval_loader, amp=amp, channels_last=channels_last)
+            metrics = evaluate(model, eval_loader)  # fp32: the accuracy a user reports
             record.update(eval_loss=metrics["loss"], eval_accuracy=metrics["accuracy"])
         history.append(record)
         log_fn(_format(record, epochs))
@@ -109,10 +112,11 @@ class DivergenceError(FloatingPointError):
 
 
 def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd_alpha, kd_temperature,
-                     label_smoothing, amp, channels_last, max_grad_norm, bar_desc, progress,
+                     label_smoothing, precision: Precision, max_grad_norm, bar_desc, progress,
                      divergence_factor: Optional[float] = None,
                      reference: Optional[List[float]] = None) -> Tuple[float, float]:
-    """One pass over ``loader``. With ``divergence_factor`` every step's loss is checked (one host sync per
+    """One pass over ``loader``. A :class:`TeacherBank` teacher is handed each batch's view keys (batches of a
+    ``views`` loader carry them). With ``divergence_factor`` every step's loss is checked (one host sync per
     step): NaN/inf, or more than ``divergence_factor`` x the mean of the first losses seen (kept in
     ``reference``, which may carry over from earlier passes), raises :class:`DivergenceError` before the step
     is applied."""
@@ -120,16 +124,18 @@ def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd
     reference = [] if reference is None else reference
     # Sums stay on the device: no host sync per step.
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
-    for images, labels in progress_bar(loader, total=len(loader), desc=bar_desc, enabled=progress, unit="batch"):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
+    for batch in progress_bar(loader, total=len(loader), desc=bar_desc, enabled=progress, unit="batch"):
+        images, labels = batch
+        images = precision.inputs(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        teacher_logits = None
+        if isinstance(teacher, TeacherBank):  # runs the teacher in its own precision, only on unseen views
+            teacher_logits = teacher(images, getattr(batch, "keys", None))
+        elif teacher is not None:
+            with torch.no_grad(), precision.autocast():
+                teacher_logits = teacher(images)
+        with precision.autocast():
             logits = model(images)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(images)
         loss = distillation_loss(logits, labels, teacher_logits, alpha=kd_alpha, temperature=kd_temperature,
                                  label_smoothing=label_smoothing)
         if divergence_factor is not None:
