@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             results["steps"][key] = run_seed(args, folder, seed)
             write(results, out, args.stem)
         if args.control and "control" not in results["steps"][key]:
-            results["steps"][key]["control"] = control(args.data, folder, seed)
+            results["steps"][key]["control"] = control(args.data, folder, seed, results["steps"][key]["finetune_epochs"])
             write(results, out, args.stem)
     write(results, out, args.stem)
     print((out / f"{args.stem}.md").read_text())
@@ -76,19 +76,19 @@ def run_seed(args: argparse.Namespace, folder: Path, seed: int) -> dict:
     return row
 
 
-def control(data: str, folder: Path, seed: int) -> dict:
-    """The seed's quick baseline fine-tuned like the quick job's rounds, without compression: accuracy (%) on the
-    quick job's verification images and on the test set, before and after."""
-    from mtd.commands.compress_cmd import QUICK_FINETUNE_EPOCHS, QUICK_FINETUNE_LR, QUICK_VAL_IMAGES
+def control(data: str, folder: Path, seed: int, epochs: int) -> dict:
+    """The seed's quick baseline fine-tuned like the quick job's rounds (``epochs``, the run's own), without
+    compression: accuracy (%) on the quick job's verification images and on the test set, before and after."""
+    from mtd.commands.compress_cmd import QUICK_FINETUNE_LR, QUICK_VAL_IMAGES
     from mtd.data import TensorDataLoader, load_cifar10
     from mtd.models import load_model
 
     arrays, val = load_cifar10(data).split_validation(QUICK_VAL_IMAGES, seed)  # the quick job's split
     base = load_model(folder / "baseline.pt").eval()
-    model = ex.finetune_control(base, arrays, epochs=QUICK_FINETUNE_EPOCHS, seed=seed, lr=QUICK_FINETUNE_LR)
+    model = ex.finetune_control(base, arrays, epochs=epochs, seed=seed, lr=QUICK_FINETUNE_LR)
     sets = {"holdout": TensorDataLoader(val.train_x, val.train_y, 500, train=False),
             "test": TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False)}
-    row = {"finetune_epochs": QUICK_FINETUNE_EPOCHS, "finetune_lr": QUICK_FINETUNE_LR}
+    row = {"finetune_epochs": epochs, "finetune_lr": QUICK_FINETUNE_LR}
     for name, loader in sets.items():
         row[name] = {"base_accuracy": ex.test_accuracy(base, loader), "accuracy": ex.test_accuracy(model, loader)}
     print(f"seed {seed} dense control: held-out {row['holdout']['base_accuracy']:.2f} -> "
