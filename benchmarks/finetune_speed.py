@@ -26,7 +26,7 @@ likewise, and bf16 with 16 views and the teacher bank (the default where bf16 is
 
     python benchmarks/finetune_speed.py [--steps 4] [--models vgg16,vgg11]
     python benchmarks/finetune_speed.py --accuracy [--seeds 0,1] [--ratio 8]
-    python benchmarks/finetune_speed.py --render      # the .md again, with quick_job.json's main-job rows
+    python benchmarks/finetune_speed.py --render      # the .md again, with the quick_job*.json main-job rows
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--ratio", type=float, default=8.0)
     p.add_argument("--work", default="runs/finetune_accuracy", help="quick baselines, one per seed")
-    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json (and quick_job.json)")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json (and quick_job*.json)")
     args = p.parse_args(argv)
     path = Path(args.out) / "finetune_speed.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
@@ -274,16 +274,17 @@ def write(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "finetune_speed.json", "w") as f:
         json.dump(results, f, indent=1)
-    main_job = out / "quick_job.json"
+    main_jobs = "".join(main_job_lines(json.loads(p.read_text()), p.name)
+                        for p in sorted(out.glob("quick_job*.json")))
     with atomic_write(out / "finetune_speed.md", "w") as f:
-        f.write(markdown(results) + (main_job_lines(json.loads(main_job.read_text())) if main_job.is_file() else ""))
+        f.write(markdown(results) + main_jobs)
 
 
-def main_job_lines(quick: dict) -> str:
-    """What the speed bought: the README main job's rows (``benchmarks/quick_job.py``, its own results file)."""
-    m = quick["machine"]
-    lines = ["", f"## The README's main job with the fast path ({m['cpu']}, {m['avx']}; from `quick_job.json`, "
-             "`python benchmarks/quick_job.py --seeds 0,1,2`)", "",
+def main_job_lines(quick: dict, name: str) -> str:
+    """What the speed bought: the README main job's rows (``benchmarks/quick_job.py``, its own results files)."""
+    m, extra = quick["machine"], " ".join(quick["args"]["extra"])
+    lines = ["", f"## The README's main job with the fast path ({m['cpu']}, {m['avx']}; from `{name}`, "
+             f"`python benchmarks/quick_job.py --seeds 0,1,2{' -- ' + extra if extra else ''}`)", "",
              "| seed | result | held-out drop (+margin) | test drop | epochs a round | rounds | wall time |",
              "|---|---|---|---|---|---|---|"]
     for step in quick["steps"].values():
