@@ -227,3 +227,15 @@ def test_fused_ops_run_under_autocast_like_the_chain(method):
         chain = layer(x)
     assert fused.dtype == chain.dtype == torch.bfloat16
     torch.testing.assert_close(fused.float(), chain.float(), rtol=0.05, atol=0.05)
+
+
+def test_a_bank_too_large_for_its_memory_runs_the_teacher_instead():
+    teacher = Counting(small_net(1).eval())
+    bank = TeacherBank(teacher, 100, precision="fp32", max_bytes=500)  # 100 keys x 4 outputs x 2 bytes = 800
+    x, keys = torch.randn(4, 3, 12, 12), torch.arange(4)
+    with pytest.warns(RuntimeWarning, match="exceed"):
+        out = bank(x, keys)
+    again = bank(x, keys)
+    assert bank.passthrough and bank.logits is None and teacher.images == 8 and torch.equal(out, again)
+    with pytest.raises(ValueError, match="num_keys"):
+        TeacherBank(teacher, 1000, max_bytes=500)

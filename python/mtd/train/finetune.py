@@ -38,6 +38,9 @@ from .optim import make_optimizer, make_scheduler
 from .teacher_bank import TeacherBank
 
 
+AUTO_BANK_KEYS = 1 << 24  # (image ids x views) up to which finetune banks a plain teacher: 16 MB of flags
+
+
 def finetune(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float = 0.01,
              teacher: Optional[nn.Module] = None, kd_alpha: float = 0.9, kd_temperature: float = 4.0,
              label_smoothing: float = 0.0, weight_decay: float = 5e-4, warmup_fraction: float = 0.05,
@@ -64,8 +67,9 @@ def finetune(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float =
     if teacher is not None:
         teacher.eval()
         views = getattr(train_loader, "views", None)
-        if views and not isinstance(teacher, TeacherBank):
-            teacher = TeacherBank(teacher, (int(train_loader.ids.max()) + 1) * views, precision=mode)
+        num_keys = (int(train_loader.ids.max()) + 1) * views if views else 0
+        if views and not isinstance(teacher, TeacherBank) and num_keys <= AUTO_BANK_KEYS:
+            teacher = TeacherBank(teacher, num_keys, precision=mode)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     best_score = eval_fn(model) if eval_fn is not None else None
     best_state = _state(model)

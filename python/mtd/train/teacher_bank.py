@@ -40,13 +40,18 @@ class TeacherBank(nn.Module):
         precision: how the teacher runs ("auto", "bf16", "fp32" or a :class:`Precision`).
         path: a ``.npz`` file to load from (if present and valid) and :meth:`save` to; ``key`` must then name
             what the outputs depend on (:func:`bank_key`).
+        max_bytes: the most memory the stored outputs may take; a bank that would need more (many images,
+            views or classes) runs the teacher on every batch instead, with a warning.
     """
 
     def __init__(self, teacher: nn.Module, num_keys: int, *, precision: Union[str, Precision, None] = "auto",
-                 path: Optional[Union[str, os.PathLike]] = None, key: str = ""):
+                 path: Optional[Union[str, os.PathLike]] = None, key: str = "", max_bytes: int = 1 << 30):
         super().__init__()
-        if not (isinstance(num_keys, int) and num_keys >= 1):
-            raise ValueError(f"num_keys must be a positive int, got {num_keys!r}")
+        if not (isinstance(num_keys, int) and 1 <= num_keys <= max_bytes // 2):
+            raise ValueError(f"num_keys must be an int in [1, {max_bytes // 2}] (max_bytes {max_bytes}), got "
+                             f"{num_keys!r}")
+        self.max_bytes = max_bytes
+        self.passthrough = False  # set when one row per key would not fit in max_bytes
         if path is not None and not key:
             raise ValueError("a persistent TeacherBank needs a key naming its teacher, data and views")
         self.teacher = teacher.eval()
@@ -69,7 +74,7 @@ class TeacherBank(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Float32 logits (B, classes) on ``x``'s device; without ``keys`` the teacher simply runs."""
-        if keys is None:
+        if keys is None or self.passthrough:
             return self._run(x)
         keys = torch.as_tensor(keys).to("cpu", torch.int64)
         if keys.shape != (x.shape[0],):
@@ -80,6 +85,11 @@ class TeacherBank(nn.Module):
         n_missing = int(missing.sum())
         if n_missing:
             out = self._run(x if n_missing == len(keys) else x[missing.to(x.device)])  # (M, classes)
+            if self.logits is None and self.num_keys * out.shape[1] * 2 > self.max_bytes:
+                warnings.warn(f"teacher bank: {self.num_keys} keys x {out.shape[1]} outputs exceed {self.max_bytes} "
+                              "bytes; the teacher runs on every batch instead", RuntimeWarning, stacklevel=2)
+                self.passthrough = True
+                return out if n_missing == len(keys) else self._run(x)
             if self.logits is None:
                 self.logits = torch.zeros(self.num_keys, out.shape[1], dtype=torch.float16)
             elif out.shape[1] != self.logits.shape[1]:
