@@ -38,8 +38,9 @@ def train(model: nn.Module, train_loader: Loader, *, epochs: int, lr: float, wei
     it is called each epoch so a resumed run sees the same batches. ``teacher`` switches on distillation
     (``kd_alpha`` weight of the soft loss, ``kd_temperature``). ``precision`` ("auto", "bf16", "fp32",
     :func:`mtd.utils.precision.resolve_precision`): "auto" is bf16 autocast + channels_last where the device
-    computes bf16 natively (CUDA, CPUs with AVX512_BF16 or AMX), fp32 elsewhere. With ``checkpoint_path`` the model and the full training state are saved atomically
-    after every epoch (rank 0 only); ``resume=True`` continues from that file if it exists.
+    computes bf16 natively (CUDA, CPUs with AVX512_BF16 or AMX), fp32 elsewhere. With ``checkpoint_path``
+    the model and the full training state are saved atomically after every epoch (rank 0 only);
+    ``resume=True`` continues from that file if it exists.
     ``model`` may be DDP-wrapped; metrics are then summed over ranks.
     """
     _check_args(epochs, schedule, len(train_loader))

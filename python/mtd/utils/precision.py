@@ -1,10 +1,10 @@
 """One precision setting for every training and forward-only pass: bf16 autocast + channels_last where the
 hardware computes bf16 natively, fp32 elsewhere.
 
-Why: on a 2-core Zen 4 (AVX512_BF16) a fine-tuning step of the 39x VGG16 student costs 467 ms in fp32 NCHW and
-141 ms in bf16 + channels_last; a forward-only pass 190 ms against 33 ms (``benchmarks/results/finetune_speed.md``).
-On a CPU without native bf16 (AVX2 only) oneDNN emulates it, which is slower than fp32, so ``"auto"`` stays fp32
-there. The verification that decides an accuracy promise always runs fp32 (``mtd.planner.verify``).
+Why: on a 2-core Zen 4 (AVX512_BF16) a training step of the 39x VGG16 student costs 541 ms in fp32 NCHW and
+156 ms in bf16 + channels_last; a forward-only pass 139 ms against 34 ms (``benchmarks/results/finetune_speed.md``).
+On a CPU without native bf16 (AVX2 only) oneDNN has to emulate it, so ``"auto"`` stays fp32 there (not measured
+on such a host yet). The verification that decides an accuracy promise always runs fp32 (``mtd.planner.verify``).
 
 Channels_last is asked of the inputs only: oneDNN and cuDNN run a convolution channels_last when its input is,
 and the output stays channels_last through BatchNorm, ReLU and pooling, so no model is mutated.
@@ -64,7 +64,7 @@ def resolve_precision(precision: Union[str, Precision, None], device: Union[str,
     """The :class:`Precision` that ``precision`` ("auto", "bf16", "fp32") names on ``device``.
 
     ``"auto"``: bf16 + channels_last where :func:`native_bf16`; otherwise fp32, channels_last on CPUs (oneDNN's
-    fp32 convolutions are faster on it: 467 -> 328 ms a step of the 39x VGG16 student on Zen 4).
+    fp32 convolutions are faster on it: 541 -> 272 ms a step of the 39x VGG16 student on Zen 4).
     ``"bf16"`` forces bf16 (emulated, slow, on CPUs without native support); ``"fp32"`` is NCHW fp32 as before.
     """
     if isinstance(precision, Precision):
