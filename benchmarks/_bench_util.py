@@ -6,7 +6,8 @@ import json
 import math
 import os
 import platform
-from typing import Callable, Dict, Iterable, List, Sequence
+import socket
+from typing import Any, Callable, Dict, Iterable, List, Sequence
 
 import torch
 import torch.utils.benchmark as tbench
@@ -55,6 +56,15 @@ def machine_info() -> Dict[str, object]:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """Host, CPU, thread count and (if used) GPU name, for the results file."""
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(), "avx": avx_level(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def time_ms(fn: Callable[[], object], min_run_time: float, stat: str = "median") -> float:
@@ -157,8 +167,6 @@ def resumed_results(json_path, args, additive: tuple = ()) -> dict:
     experiment so far), so they may differ; the stored arguments are updated to ``args``.
     """
     from pathlib import Path
-
-    from _experiment import machine_description
 
     path = Path(json_path)
     results = json.loads(path.read_text()) if path.is_file() else {}

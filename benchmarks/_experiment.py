@@ -7,14 +7,14 @@ measurements for ``cifar_gpu.py``, while the CPU benchmarks run their own resuma
 from __future__ import annotations
 
 import copy
-import platform
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+from _bench_util import machine_description
 
 
 @dataclass
@@ -41,17 +41,6 @@ class ExperimentConfig:
     # single-method baselines are compared with MTD at equal compression
     uniform_ratio: Optional[float] = None
     extra: dict = field(default_factory=dict)
-
-
-def machine_description(device: torch.device) -> dict[str, Any]:
-    """Host, CPU, thread count and (if used) GPU name, for the results file."""
-    from _bench_util import avx_level, cpu_model
-
-    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(), "avx": avx_level(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def params(model: nn.Module) -> int:

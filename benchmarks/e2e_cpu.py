@@ -20,7 +20,13 @@ load changes on a shared machine hit all of them alike):
   mtd+rank              mtd.prepare_inference(mtd model): the same, then regrouped into rank space
                         (torch.ops.mtd.rank_bridge across layers: only rank-R maps reach memory)
   compile(mtd+rank)     torch.compile of that
+  onnxruntime           the file mtd.export_onnx writes for the compressed model (standard Conv chains,
+                        BatchNorm folded; static batch), run by onnxruntime (all graph optimisations, the
+                        same threads) -- what a user who exports would run
+  openvino              the same file on OpenVINO's CPU plugin (f32 precision hint, latency hint, the same
+                        threads)
 
+The runtimes are optional (``pip install .[bench]``); without them their columns are left out.
 The time of a variant is the median over rounds of the mean of a few calls.  Writes
 benchmarks/results/e2e_cpu.{json,md} (machine, torch, threads and the load average recorded).
 
@@ -35,6 +41,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -52,7 +59,8 @@ from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa:
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
 KINDS = ("cp", "tucker", "mix")  # and "plan" with --plan-from
 VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare",
-            "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)")
+            "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)", "onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino")  # deployment runtimes running mtd.export_onnx's file
 MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare", "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)")
 
 
@@ -137,6 +145,46 @@ def build_variants(kind: str, dense: nn.Module, compiled_dense, use_compile: boo
     return variants
 
 
+def runtime_variants(model: nn.Module, x: torch.Tensor, folder: str, threads: int) -> Dict[str, Callable]:
+    """onnxruntime and OpenVINO (those installed) running ``model`` exported by ``mtd.export_onnx`` at ``x``'s
+    shape; each callable ignores its argument and runs on a contiguous NCHW copy of ``x`` made once."""
+    path = os.path.join(folder, f"model-b{x.shape[0]}.onnx")
+    mtd.export_onnx(model, path, x.contiguous(), dynamic_batch=False)
+    array = x.contiguous().numpy()
+    out: Dict[str, Callable] = {}
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        out["onnxruntime"] = lambda _x: torch.from_numpy(session.run(None, {"input": array})[0])
+    except ImportError:
+        pass
+    try:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        out["openvino"] = lambda _x: torch.from_numpy(request.infer({0: array})[0].copy())
+    except ImportError:
+        pass
+    return out
+
+
+def runtime_versions() -> Dict[str, str]:
+    versions = {}
+    for name in RUNTIMES:
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
 def measure(variants: Dict[str, Callable], x: torch.Tensor, rounds: int, calls: int) -> Dict[str, List[float]]:
     """Per variant, the ms per call of each round; the rounds interleave the variants."""
     times: Dict[str, List[float]] = {name: [] for name in variants}
@@ -173,6 +221,10 @@ def summarise(rows: List[dict]) -> List[dict]:
         if "compile(chain)" in med:
             entry["vs_compile_chain"] = round(med["compile(chain)"] / best_mtd, 2)
             entry["vs_compile_dense"] = round(med["compile(dense)"] / best_mtd, 2)
+        runtimes = [v for v in RUNTIMES if v in med]
+        if runtimes:  # against the faster deployment runtime
+            fastest = min(runtimes, key=lambda v: med[v])
+            entry.update(best_runtime=fastest, vs_best_runtime=round(med[fastest] / best_mtd, 2))
         out.append(entry)
     return out
 
@@ -184,16 +236,18 @@ def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict])
              *[f"Model `plan`: {p['model'].upper()} width 1 as step `{s}` of `{p['file']}` planned it "
                f"({p['param_ratio']}x fewer parameters in all), beside its own dense model.\n" for s, p in plans.items()],
              f"Machine: {meta['machine']['cpu']} ({meta['machine'].get('avx', '?')}), {meta['machine']['threads']} threads, torch "
-             f"{meta['machine']['torch']}; load average before/after: {meta['load_before']} / {meta['load_after']}. "
+             f"{meta['machine']['torch']}" + "".join(f", {k} {v}" for k, v in meta.get("runtimes", {}).items()) +
+             f"; load average before/after: {meta['load_before']} / {meta['load_after']}. "
              f"Median over {meta['rounds']} interleaved rounds of {meta['calls']} calls (ms per batch).", "",
              "| model | batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['batch']} | " + " | ".join(f"{r['median_ms'][n]:.2f}" for n in names) + " |")
     lines += ["", "Best mtd variant against the baselines (x = times faster):", "",
-              "| model | batch | best mtd | vs compile(chain) | vs dense | vs compile(dense) | vs chain |",
-              "|---|---|---|---|---|---|---|"]
+              "| model | batch | best mtd | vs the faster runtime | vs compile(chain) | vs dense | vs compile(dense) "
+              "| vs chain |", "|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        lines.append(f"| {s['kind']} | {s['batch']} | {s['best_mtd']} {s['best_mtd_ms']:.2f} ms | "
+        runtime = f"{s['vs_best_runtime']:.2f} ({s['best_runtime']})" if "best_runtime" in s else ""
+        lines.append(f"| {s['kind']} | {s['batch']} | {s['best_mtd']} {s['best_mtd_ms']:.2f} ms | {runtime} | "
                      f"{s.get('vs_compile_chain', float('nan')):.2f} | {s['vs_dense']:.2f} | "
                      f"{s.get('vs_compile_dense', float('nan')):.2f} | {s['vs_chain']:.2f} |")
     tmp = path + ".tmp"
@@ -212,6 +266,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--no-runtimes", action="store_true", help="skip onnxruntime and OpenVINO")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "e2e_cpu"),
                     help="output prefix; writes <out>.json and <out>.md")
     args = ap.parse_args()
@@ -245,11 +300,15 @@ def main() -> None:
                 dense = mtd.models.build_model(plan_info["model"], width=1).eval().to(
                     memory_format=torch.channels_last)
                 compiled_dense = None if args.no_compile else torch.compile(dense)
-            variants = build_variants(kind, dense, compiled_dense, not args.no_compile, plan)
-            variants = {name: variants[name] for name in VARIANTS if name in variants}
-            kind_ratio = round(conv_params(dense) / conv_params(variants["chain"]), 1)
+            built = build_variants(kind, dense, compiled_dense, not args.no_compile, plan)
+            kind_ratio = round(conv_params(dense) / conv_params(built["chain"]), 1)
             for batch in args.batches:
                 x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+                variants = dict(built)
+                if not args.no_runtimes:
+                    with tempfile.TemporaryDirectory() as folder:  # the runtimes have read the file
+                        variants.update(runtime_variants(built["mtd"], x, folder, torch.get_num_threads()))
+                variants = {name: variants[name] for name in VARIANTS if name in variants}
                 calls = 5 if batch == 1 else 1
                 rel = check_outputs(variants, x)
                 times = measure(variants, x, args.rounds, calls)
@@ -271,7 +330,7 @@ def write_results(out: str, args, ratio: float, load_before: List[float], rows: 
     summary = summarise(rows)
     meta = {"machine": bu.machine_info(), "load_before": load_before, "load_after": load_average(),
             "param_ratio": ratio, "rounds": args.rounds, "calls": "5 (batch 1) / 1 (batch 64)",
-            "mtd_cpu_path": os.environ.get("MTD_CPU_PATH", "auto"), "quick": args.quick}
+            "mtd_cpu_path": os.environ.get("MTD_CPU_PATH", "auto"), "quick": args.quick, "runtimes": runtime_versions()}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".json.tmp"
     with open(tmp, "w") as f:

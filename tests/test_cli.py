@@ -217,6 +217,11 @@ def test_bad_options_fail_before_any_training(capsys, tiny_cifar, tmp_path):
                          str(tmp_path / "out"))
     assert_user_error(rc, err, "max_drop")
     assert not (tmp_path / "out" / "baseline.pt").exists()
+    for option, field in (("--search-rounds", "search_rounds"), ("--calib-size", "calib_size")):
+        rc, _, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), option, "0", "--out",
+                             str(tmp_path / "out"))
+        assert_user_error(rc, err, field)  # 0 is refused, not taken as "the default"
+    assert not (tmp_path / "out" / "baseline.pt").exists()
 
 
 def test_quick_job_verifies_on_images_its_baseline_never_trained_on(capsys, tiny_cifar, tmp_path):
@@ -280,3 +285,38 @@ def test_confidence_out_of_range_fails_before_any_training(capsys, tiny_cifar, t
                          str(tmp_path / "out"))
     assert_user_error(rc, err, "confidence")
     assert not (tmp_path / "out" / "baseline.pt").exists()
+
+
+def test_mtd_train_resumes_an_interrupted_run_to_the_same_weights(capsys, tiny_cifar, tmp_path, monkeypatch):
+    import mtd.train.loop as loop
+
+    common = ["train", "--data", str(tiny_cifar), "--model", "vgg11", "--width", "0.125", "--epochs", "2",
+              "--lr", "0.05", "--batch-size", "64", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    rc, _, err = run_cli(capsys, *common, "--out", str(tmp_path / "whole.pt"))
+    assert rc == 0, err
+    assert (tmp_path / "whole.pt.state").is_file()  # the default state file, kept after the run
+
+    real, calls = loop._train_one_epoch, []
+
+    def dies_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends during the second epoch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_one_epoch", dies_in_epoch_2)
+    state = tmp_path / "run.state"
+    rc, _, err = run_cli(capsys, *common, "--out", str(tmp_path / "cut.pt"), "--state", str(state))
+    assert rc == 130 and "interrupted" in err
+    assert state.is_file() and not (tmp_path / "cut.pt").exists()
+    monkeypatch.setattr(loop, "_train_one_epoch", real)
+    rc, out, err = run_cli(capsys, *common, "--out", str(tmp_path / "cut.pt"), "--state", str(state), "--resume")
+    assert rc == 0, err
+    assert "resumed from" in out and "after epoch 1/2" in out
+    whole, cut = (torch.load(tmp_path / f, weights_only=True)["state_dict"] for f in ("whole.pt", "cut.pt"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+    # another run's state (other epochs) is refused with a clear error, not silently restarted
+    rc, _, err = run_cli(capsys, *common[:8], "3", *common[9:], "--out", str(tmp_path / "x.pt"), "--state",
+                         str(state), "--resume")
+    assert_user_error(rc, err, "cannot resume")

@@ -10,7 +10,7 @@ from torch import nn
 
 from mtd import methods
 from mtd.decompose import max_cp_rank
-from mtd.layers import UnsupportedLayerError, check_compressible, conv_macs, linear_macs
+from mtd.layers import UnsupportedLayerError, conv_macs, linear_macs
 from mtd.planner import CandidateGrid, FactorCache, LayerPlan
 from mtd.planner.candidates import layer_candidates
 from mtd.planner.layer_factory import build_layer, empty_layer
@@ -87,7 +87,7 @@ def test_unknown_methods_and_wrong_layers_are_clear_errors():
     with pytest.raises(UnsupportedLayerError, match=r"method 'svd' needs an nn.Linear, and it is an nn.Conv2d"):
         empty_layer(conv, "svd", (2,))
     with pytest.raises(UnsupportedLayerError, match=r"method 'tucker' needs an nn.Conv2d, and it is an nn.Linear"):
-        check_compressible(linear, "tucker")
+        methods.check_compressible(linear, "tucker")
     with pytest.raises(ValueError, match=r"method 'cp' takes one rank, got \(2, 3\)"):
         empty_layer(conv, "cp", (2, 3))
     with pytest.raises(ValueError, match="does not warm-start"):
@@ -117,4 +117,4 @@ def test_a_new_entry_is_the_only_change_a_method_needs(monkeypatch):
     assert LayerPlan("conv", "conv", "fake", list(cands[-1].ranks)).method == "fake"
     assert layer_candidates(nn.Linear(16, 16), grid)[0].method == "svd"  # a Linear still tries its own method
     with pytest.raises(UnsupportedLayerError, match="needs an nn.Conv2d"):
-        check_compressible(nn.Linear(4, 4), "fake")
+        methods.check_compressible(nn.Linear(4, 4), "fake")

@@ -8,7 +8,7 @@ from mtd.planner import CompressConfig
 from mtd.planner.verify import selection_z
 
 _spec = importlib.util.spec_from_file_location(
-    "promise_simulation", Path(__file__).resolve().parents[1] / "benchmarks" / "promise_simulation.py")
+    "promise_simulation", Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "promise_simulation.py")
 sim = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sim)
 

@@ -19,6 +19,9 @@ from torch import nn
 from . import decompose
 from .decompose import costs
 from .layers import CP4Conv2d, CPConv2d, LowRankLinear, TuckerConv2d
+from .layers._factorized import FactorizedModule
+from .layers.compressible import raise_unsupported
+from .layers.compressible import unsupported_reason as layer_reason
 
 Shape = tuple[int, ...]
 Ranks = tuple[int, ...]
@@ -197,3 +200,19 @@ def names() -> tuple[str, ...]:
 def for_module(module: nn.Module) -> list[Method]:
     """The methods that decompose ``module``'s type (table order)."""
     return [m for m in METHODS.values() if m.applies_to(module)]
+
+
+def unsupported_reason(module: nn.Module, method: str) -> Optional[str]:
+    """Why ``method`` cannot decompose ``module``, or ``None`` if it can."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, FactorizedModule):
+        if method not in METHODS:
+            return f"unknown method {method!r}; allowed: {', '.join(names())}"
+        needs = METHODS[method].kind
+        if not isinstance(module, needs):
+            return f"method {method!r} needs an nn.{needs.__name__}, and it is an nn.{type(module).__name__}"
+    return layer_reason(module)
+
+
+def check_compressible(module: nn.Module, method: str, name: Optional[str] = None) -> None:
+    """Raise :class:`mtd.layers.UnsupportedLayerError` (a ValueError) unless ``method`` can decompose ``module``."""
+    raise_unsupported(unsupported_reason(module, method), module, method, name)

@@ -97,13 +97,15 @@ def compress_options(args: argparse.Namespace, quick: bool) -> dict:
         max_drop=args.max_drop, target_ratio=args.target_ratio, method=args.method, seed=args.seed,
         grid=args.grid or ("small" if quick else "full"),
         layers=tuple(s.strip() for s in args.layers.split(",")) if args.layers else None,
-        calib_size=args.calib_size or (QUICK_CALIB_IMAGES if quick else 1024),
+        calib_size=args.calib_size if args.calib_size is not None else (QUICK_CALIB_IMAGES if quick else 1024),
         finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None else (
             QUICK_FINETUNE_EPOCHS if quick else 3),
         finetune_lr=args.finetune_lr if args.finetune_lr is not None else (
             QUICK_FINETUNE_LR if quick else CompressConfig.finetune_lr),
         confidence=args.confidence if args.confidence is not None else CompressConfig.confidence,
-        search_rounds=args.search_rounds or (QUICK_SEARCH_ROUNDS if quick else 3), reconstruct=not args.no_reconstruct,
+        search_rounds=args.search_rounds if args.search_rounds is not None else (
+            QUICK_SEARCH_ROUNDS if quick else 3),
+        reconstruct=not args.no_reconstruct,
         aware=args.aware, precision=args.precision,
         finetune_views=args.finetune_views if args.finetune_views is not None else CompressConfig.finetune_views)
     if args.mean is not None or args.std is not None:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Optional
 
+from ..utils.precision import PRECISIONS
 from .common import CLIError, data_loaders, load_data
 
 DEFAULT_MODEL, DEFAULT_WIDTH = "vgg11", 0.25
@@ -18,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default="mtd-out/baseline.pt", help="checkpoint to write")
+    p.add_argument("--state", default=None, help="training state written after every epoch (default: "
+                   "OUT.state); kept after the run so that a finished run resumes to the same checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from --state if it exists (same model, "
+                   "width, epochs, lr and data; the run then sees the same batches as an unbroken one)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -27,14 +34,18 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="folder for the decoded data (default ~/.cache/mtd)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="training and "
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="training and "
                    "forward passes: auto = bf16 autocast + channels_last where the device computes bf16 "
                    "natively (CUDA, CPUs with AVX512_BF16 or AMX), fp32 elsewhere; test accuracy is always fp32")
 
 
 def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float, batch_size: int, device,
-                   seed: int, progress: bool, out: str, precision: str = "auto"):
-    """Build, train and save a baseline; returns (model, test accuracy in %, seconds)."""
+                   seed: int, progress: bool, out: str, precision: str = "auto", state: Optional[str] = None,
+                   resume: bool = False):
+    """Build, train and save a baseline; returns (model, test accuracy in %, seconds of this call).
+
+    With ``state`` the full training state is written there atomically after every epoch, and ``resume``
+    continues from it (:func:`mtd.train.train`)."""
     import torch
 
     from ..models import build_model, save_checkpoint
@@ -48,7 +59,11 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
         raise CLIError(str(err)) from None
     train_loader, test_loader = data_loaders(arrays, batch_size, device, seed)
     t0 = time.perf_counter()
-    train(model, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision)
+    try:
+        train(model, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision,
+              checkpoint_path=state, resume=resume, log_fn=None if progress else print)  # quiet: a line an epoch
+    except ValueError as err:  # a state file of another run, or not a training state at all
+        raise CLIError(str(err)) from None
     seconds = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format)  # train() may have made it channels_last
     acc = 100.0 * evaluate(model, test_loader)["accuracy"]
@@ -62,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
+    state = args.state or f"{args.out}.state"
+    if args.resume and not Path(state).is_file():
+        print(f"--resume: no training state at {state}; starting from epoch 1")
     arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
     _, acc, seconds = train_baseline(arrays, args.model, args.width, args.epochs, args.lr, args.batch_size,
-                                     device, args.seed, not args.quiet, args.out, args.precision)
+                                     device, args.seed, not args.quiet, args.out, args.precision, state,
+                                     args.resume)
     print(f"trained {args.model} (width {args.width}) for {args.epochs} epochs in {seconds:.0f} s: "
           f"test accuracy {acc:.2f}% -> {args.out}")
     return 0

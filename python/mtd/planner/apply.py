@@ -7,7 +7,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..layers import check_compressible, get_module, replace_module
+from .. import methods
+from ..layers import get_module, replace_module
 from .factor_cache import DecompositionSettings, FactorCache
 from .layer_factory import build_layer, empty_layer
 from .plan import Plan
@@ -39,7 +40,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, state_dict: Optional[Mapping[str
         if lp.method == "dense":
             continue
         module = get_module(target, lp.name)
-        check_compressible(module, lp.method, lp.name)
+        methods.check_compressible(module, lp.method, lp.name)
         if decompose:
             factors = cache.factors(module.weight, lp.method, lp.ranks, lp.seed, lp.warm_start)
             new = build_layer(module, lp.method, factors, backend=backend)

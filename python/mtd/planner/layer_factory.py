@@ -6,20 +6,19 @@ from typing import Any, Sequence
 from torch import nn
 
 from .. import methods
-from ..layers import check_compressible
 from ..layers._factorized import FactorizedModule
 from ..layers.counting import conv_macs, linear_macs
 
 
 def empty_layer(module: nn.Module, method: str, ranks: Sequence[int], backend: str = "torch") -> nn.Module:
     """An ``mtd.layers`` module shaped like ``module`` decomposed by ``method`` at ``ranks`` (weights unset)."""
-    check_compressible(module, method)
+    methods.check_compressible(module, method)
     return methods.get(method).empty_layer(module, ranks, backend)
 
 
 def build_layer(module: nn.Module, method: str, factors: Any, backend: str = "torch") -> nn.Module:
     """The decomposed replacement of ``module`` holding ``factors`` (and ``module``'s bias)."""
-    check_compressible(module, method)
+    methods.check_compressible(module, method)
     return methods.get(method).build_layer(module, factors, backend)
 
 

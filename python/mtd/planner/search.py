@@ -38,9 +38,9 @@ most compressed passing model is kept; when no round passes, the caller falls ba
 
 Why no candidate beyond the edge: with a prior spread of a point, a long shot there can look worth a round
 when ratios differ several-fold (8x at 27% against 3x at 58%), and such rounds lose. In
-``benchmarks/promise_simulation.py`` (400 seeds) the share of searches that return a model was 73% / 89% (edge /
-cliff scenarios) under the rule before; with every probed index a candidate it fell to 36% / 64% (28% / 37% in a
-version that also took the chances as independent); with the candidates from the edge on it is 73% / 88%.
+``benchmarks/studies/promise_simulation.py`` (400 seeds) the share of searches that return a model was 73% / 89%
+(edge / cliff scenarios) under the rule before; with every probed index a candidate it fell to 36% / 64% (28% / 37%
+in a version that also took the chances as independent); with the candidates from the edge on it is 73% / 88%.
 
 Why expected value and not the edge every round: on a CNN no test used (a residual block, dilated and grouped
 convs, a non-square kernel; an easy synthetic 10-class task, baseline 99.9%), ``max_drop=2.0,

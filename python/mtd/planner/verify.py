@@ -85,7 +85,7 @@ def selection_z(confidence: float, tests: int) -> float:
     probability up to ``1 - c``; keeping the most compressed of several passing models multiplies that chance
     (three rounds at 0.8: up to ~49% in the worst case). Testing each at ``1 - (1 - c) / tests``
     (Bonferroni) keeps the chance that *any* over-budget model passes, and so that the kept one is over
-    budget, within ``1 - c``; ``benchmarks/promise_simulation.py`` measures what this delivers.
+    budget, within ``1 - c``; ``benchmarks/studies/promise_simulation.py`` measures what this delivers.
     """
     if tests < 1:
         raise ValueError(f"tests must be >= 1, got {tests}")

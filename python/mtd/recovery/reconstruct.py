@@ -24,7 +24,8 @@ layer's outputs, so the original statistics stay valid; callers re-estimate it a
 
 Measured on full-width VGG11 at the 35x plan of ``cifar_cpu_full`` (3,000 test images, baseline 82.27%; 2-core
 AMD EPYC, AVX2, loaded by other jobs), without / with BatchNorm re-estimated afterwards. From
-``benchmarks/recovery_vgg11.py``: weight-only factors - / 74.20%, the defaults (512 images, 150 steps) - / 77.00%.
+``benchmarks/studies/recovery_vgg11.py``: weight-only factors - / 74.20%, the defaults (512 images,
+150 steps) - / 77.00%.
 From a one-off check run with the same plan and images (not a script in the repository): weight-only 65.13% / -,
 the defaults 75.17% / 77.00% (269 s under load), 1,024 images and 300 steps 75.43% / 76.83% (407 s), the
 closed-form solve alone (``steps=0``) 76.73% / 76.53% (118 s). Re-estimating BatchNorm helps the defaults

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 import _bench_util as bu  # noqa: E402
 
 
@@ -109,9 +109,9 @@ def _write(results: dict, path: Path) -> None:
     probes = sorted(results["probes"].values(), key=lambda p: -p["ratio"])
     m = results["machine"]
     lines = [f"# Probe drop against compression, full-width VGG11 ({m['cpu']}, {m['avx']}, torch {m['torch']})", "",
-             f"`python benchmarks/probe_curve.py --checkpoint {results['args']['checkpoint']}`; the assignment path "
-             f"of `cifar_cpu_full.py`'s budget search ({results.get('path_length')} assignments; scoring "
-             f"{results.get('scoring_seconds', 0):.0f} s). New probe: decompose, reconstruct, re-estimate "
+             f"`python benchmarks/studies/probe_curve.py --checkpoint {results['args']['checkpoint']}`; the "
+             f"assignment path of `cifar_cpu_full.py`'s budget search ({results.get('path_length')} assignments; "
+             f"scoring {results.get('scoring_seconds', 0):.0f} s). New probe: decompose, reconstruct, re-estimate "
              "BatchNorm, no fine-tuning. Previous probe: BatchNorm, then a 0.25-epoch fine-tune at lr 0.01 "
              "(the earlier run). Drops in points; calibration: 1,024 training images; test: "
              f"{results['args']['test']} test images no search saw.", "",

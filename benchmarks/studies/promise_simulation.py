@@ -14,7 +14,7 @@ chance to pass a bad one), ``edge`` (the same, except the three least compressed
 path). Margins: ``bonferroni`` (each of the search's rounds at ``1 - (1 - c) / rounds``: what mtd does) and
 ``naive`` (each at ``c``: what it did before).
 
-    python benchmarks/promise_simulation.py            # writes benchmarks/results/promise_simulation.{json,md}
+    python benchmarks/studies/promise_simulation.py    # writes benchmarks/results/promise_simulation.{json,md}
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     (out / "promise_simulation.json").write_text(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0},
                                                             indent=2) + "\n")
     lines = ["# The promise under selection: simulated budget searches", "",
-             f"`python benchmarks/promise_simulation.py --seeds {args.seeds}` ({time.perf_counter() - t0:.0f} s). "
+             f"`python benchmarks/studies/promise_simulation.py --seeds {args.seeds}` "
+             f"({time.perf_counter() - t0:.0f} s). "
              "3 verified rounds, budget 1.0 point, confidence 0.8 (stated limit: 20% of searches may return an "
              "over-budget model), 5,000 paired images, 8% disagreement.", "",
              "| scenario | margin | z | searches returning an over-budget model | returned a model | mean index |",

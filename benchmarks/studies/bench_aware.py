@@ -12,14 +12,14 @@ aware CP started from the whitened kernel (``start='whitened'``, which runs a se
 Both CP twins use the same number of ALS sweeps (``--als-iters``, default 30, below the library's
 100 to fit the time budget).  Writes benchmarks/results/bench_aware.{json,md}.
 
-    python benchmarks/bench_aware.py                       # ~20-25 min on the shared 2-core dev machine
-    python benchmarks/bench_aware.py --layers features.4 --test-images 500   # one layer, quick
+    python benchmarks/studies/bench_aware.py               # ~20-25 min on the shared 2-core dev machine
+    python benchmarks/studies/bench_aware.py --layers features.4 --test-images 500   # one layer, quick
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported (see bench_decompose.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported (see ../bench_decompose.py)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: the shared helpers
+sys.path.insert(0, BENCHMARKS)
 import _bench_util as bu  # noqa: E402
 
 import mtd  # noqa: E402
@@ -225,7 +226,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-whitened", action="store_true", help="skip the CP whitened-start variant")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default=os.path.join(BENCHMARKS, "results"))
     args = p.parse_args(argv)
     res = run(args)
     out = Path(args.out)
