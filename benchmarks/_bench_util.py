@@ -12,27 +12,12 @@ from typing import Any, Callable, Dict, Iterable, List, Sequence
 import torch
 import torch.utils.benchmark as tbench
 
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from mtd.utils.machine import cpu_features, cpu_model
 
 
 def avx_level() -> str:
     """The widest x86 vector extension the CPU has ("AVX-512", "AVX2" or "none"): rows name it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "unknown"
-    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "none")
+    return next((f for f in cpu_features() if f in ("AVX-512", "AVX2")), "none")
 
 
 def kernel_isa() -> str:

@@ -55,12 +55,12 @@ import mtd  # noqa: E402
 from mtd.layers import CPConv2d, TuckerConv2d, get_module, prepare_inference, replace_module  # noqa: E402
 from mtd.planner.layer_factory import empty_layer  # noqa: E402
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa: E402
+from mtd.report.latency import RUNTIMES, runtime_sessions, runtime_versions  # noqa: E402
 
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
 KINDS = ("cp", "tucker", "mix")  # and "plan" with --plan-from
 VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare",
             "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)", "onnxruntime", "openvino")
-RUNTIMES = ("onnxruntime", "openvino")  # deployment runtimes running mtd.export_onnx's file
 MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare", "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)")
 
 
@@ -147,42 +147,8 @@ def build_variants(kind: str, dense: nn.Module, compiled_dense, use_compile: boo
 
 def runtime_variants(model: nn.Module, x: torch.Tensor, folder: str, threads: int) -> Dict[str, Callable]:
     """onnxruntime and OpenVINO (those installed) running ``model`` exported by ``mtd.export_onnx`` at ``x``'s
-    shape; each callable ignores its argument and runs on a contiguous NCHW copy of ``x`` made once."""
-    path = os.path.join(folder, f"model-b{x.shape[0]}.onnx")
-    mtd.export_onnx(model, path, x.contiguous(), dynamic_batch=False)
-    array = x.contiguous().numpy()
-    out: Dict[str, Callable] = {}
-    try:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        out["onnxruntime"] = lambda _x: torch.from_numpy(session.run(None, {"input": array})[0])
-    except ImportError:
-        pass
-    try:
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "INFERENCE_PRECISION_HINT": "f32",
-                                                          "PERFORMANCE_HINT": "LATENCY"})
-        request = compiled.create_infer_request()
-        out["openvino"] = lambda _x: torch.from_numpy(request.infer({0: array})[0].copy())
-    except ImportError:
-        pass
-    return out
-
-
-def runtime_versions() -> Dict[str, str]:
-    versions = {}
-    for name in RUNTIMES:
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return versions
+    shape (:func:`mtd.report.latency.runtime_sessions`); each callable ignores its argument."""
+    return {name: (lambda _x, run=run: run()) for name, run in runtime_sessions(model, x, folder, threads).items()}
 
 
 def measure(variants: Dict[str, Callable], x: torch.Tensor, rounds: int, calls: int) -> Dict[str, List[float]]:

@@ -130,6 +130,12 @@ def test_compress_and_eval_on_tiny_cifar(capsys, tiny_cifar, vgg11_checkpoint, t
                             "--cache-dir", str(tmp_path), "--quiet")
     assert rc == 0 and "compressed (mtd)" in stdout
     assert f"test accuracy {plan.results['test']['accuracy']:.2f}%" in stdout
+    assert "latency on" in stdout and "mtd (prepared)" in stdout  # against its original architecture
+    # the speed the user got, on this CPU: printed, in plan.json and in the report
+    speed = plan.results["speed"]
+    assert [r["batch"] for r in speed["rows"]] == [1, 64] and speed["cpu"] and speed["threads"] >= 1
+    assert all(r["original_ms"] > 0 and r["mtd_ms"] > 0 for r in speed["rows"])
+    assert "## Speed" in (out / "report" / "report.md").read_text()
 
 
 USER_MODEL = """
@@ -165,14 +171,15 @@ def test_compress_eval_export_a_model_from_module_function(capsys, tiny_cifar, u
     rc, stdout, err = run_cli(capsys, "compress", "--data", str(tiny_cifar), "--model", spec, "--checkpoint",
                               str(weights), "--layers", "3", "--finetune-epochs", "0", "--calib-size", "64",
                               "--grid", "tiny", "--out", str(out), "--cache-dir", str(tmp_path), "--quiet",
-                              "--max-drop", "99", *norm)
+                              "--max-drop", "99", "--no-speed", *norm)
     assert rc == 0, err
     plan = Plan.load(out / "plan.json")
-    assert plan.model_name is None and plan.layers[0].name == "3"
+    assert plan.model_name is None and plan.layers[0].name == "3" and "speed" not in plan.results
     rc, stdout, err = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(out / "compressed.pt"),
                               "--model", spec, "--cache-dir", str(tmp_path), "--quiet", *norm)
     assert rc == 0, err
     assert f"test accuracy {plan.results['test']['accuracy']:.2f}%" in stdout
+    assert "latency on" in stdout  # against the builder's uncompressed architecture
     rc, _, err = run_cli(capsys, "eval", "--data", str(tiny_cifar), "--checkpoint", str(out / "compressed.pt"),
                          "--cache-dir", str(tmp_path))
     assert_user_error(rc, err, "outside the mtd registry")

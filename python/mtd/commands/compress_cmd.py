@@ -70,6 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-views", type=int, default=None, help="augmented views per fine-tuning image "
                    "whose teacher outputs are computed once and reused (default 16; 0: fresh augmentation every "
                    "epoch, teacher run on every batch)")
+    p.add_argument("--no-speed", action="store_true", help="skip the latency comparison on this CPU (original, "
+                   "compressed, and onnxruntime / OpenVINO where installed; a few seconds)")
     p.add_argument("--no-reconstruct", action="store_true", help="skip the layer-by-layer reconstruction of "
                    "each decomposed layer before fine-tuning (on by default)")
     p.add_argument("--aware", action="store_true", help="decompose activation-aware (from the layers' input "
@@ -182,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
     base_acc = 100 * evaluate(baseline, test)["accuracy"]
     acc = 100 * evaluate(compressed, test)["accuracy"]
     plan.results["test"] = {"base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc}
+    if not args.no_speed:  # what the user gets on this CPU: before plan.json and the report are written
+        from ..report.latency import compare_speed
+
+        plan.results["speed"] = compare_speed(baseline, compressed, next(iter(test))[0][:1],
+                                              rounds=3 if args.smoke else 5)
     out.mkdir(parents=True, exist_ok=True)
     plan.save(out / "plan.json")
     save(compressed, out / "compressed.pt", plan=plan)
@@ -195,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"test accuracy {base_acc:.2f}% -> {acc:.2f}% (drop {base_acc - acc:+.2f} points); parameters "
           f"{r['model_param_ratio']:.2f}x fewer (whole model), MACs {plan.totals()['macs_ratio']:.2f}x fewer "
           f"(conv/linear layers)")
+    if "speed" in r:
+        from ..report.latency import speed_lines
+
+        print("\n".join(speed_lines(r["speed"])))
     print(f"wrote {out / 'plan.json'}, {out / 'compressed.pt'}, {program}{md}  "
           f"[{time.perf_counter() - t0:.0f} s total]")
     return 0

@@ -12,6 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--no-speed", action="store_true", help="skip the latency comparison of a compressed model "
+                   "with its original architecture on this CPU")
     add_model_args(p, "architecture of a model outside the registry: module:function")
     add_common(p)
     p.set_defaults(func=run)
@@ -31,4 +33,20 @@ def run(args: argparse.Namespace) -> int:
     kind = f"compressed ({plan.method})" if plan else "baseline"
     print(f"{args.checkpoint}: {kind}, {params:,} parameters, test accuracy {100 * result['accuracy']:.2f}% "
           f"(loss {result['loss']:.4f}, {result['samples']} images)")
+    if plan is not None and not args.no_speed:
+        from ..report.latency import compare_speed, speed_lines
+
+        original = _original_architecture(plan, args.model)  # random weights: speed does not depend on them
+        speed = compare_speed(original, model.cpu(), next(iter(test))[0][:1].cpu())
+        print("\n".join(speed_lines(speed)))
     return 0
+
+
+def _original_architecture(plan, model_spec):
+    """The uncompressed architecture of a compressed checkpoint: ``--model``'s builder, else the registry's."""
+    from ..models import build_model
+    from .common import import_builder, is_builder_spec
+
+    if is_builder_spec(model_spec):
+        return import_builder(model_spec)()
+    return build_model(plan.model_name, **plan.model_kwargs)

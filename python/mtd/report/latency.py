@@ -1,8 +1,13 @@
-"""Forward-pass latency of a model (median of timed repeats, after warm-up)."""
+"""Forward-pass latency: of one model (:func:`forward_latency_ms`), and of a compressed model against its original
+and the deployment runtimes on this CPU (:func:`compare_speed`, what ``mtd compress`` and ``mtd eval`` report)."""
 from __future__ import annotations
 
+import copy
+import os
 import statistics
+import tempfile
 import time
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,3 +35,113 @@ def forward_latency_ms(model: nn.Module, batch_size: int, image_hw: tuple = (32,
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+RUNTIMES = ("onnxruntime", "openvino")  # the deployment runtimes a CPU user could run mtd.export_onnx's file on
+
+
+def runtime_sessions(model: nn.Module, x: torch.Tensor, folder: str, threads: int) -> dict[str, Callable[[], Any]]:
+    """Callables running ``model`` (a CPU model) on onnxruntime and OpenVINO, those installed, as a user who
+    exports would: the file ``mtd.export_onnx`` writes at ``x``'s shape (static batch), fp32, ``threads`` threads,
+    each on a contiguous NCHW copy of ``x`` made once. Each returns the output as a tensor."""
+    from ..export import export_onnx
+
+    path = os.path.join(folder, f"model-b{x.shape[0]}.onnx")
+    export_onnx(model, path, x.contiguous(), dynamic_batch=False)
+    array = x.detach().contiguous().numpy()
+    out: dict[str, Callable[[], Any]] = {}
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        out["onnxruntime"] = lambda: torch.from_numpy(session.run(None, {"input": array})[0])
+    except ImportError:
+        pass
+    try:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        out["openvino"] = lambda: torch.from_numpy(request.infer({0: array})[0].copy())
+    except ImportError:
+        pass
+    return out
+
+
+def runtime_versions() -> dict[str, str]:
+    """The installed deployment runtimes and their versions."""
+    versions = {}
+    for name in RUNTIMES:
+        try:
+            versions[name] = str(__import__(name).__version__)
+        except ImportError:
+            pass
+    return versions
+
+
+def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, float]:
+    """Median over ``rounds`` of the mean ms of ``calls`` calls, each round running every callable in turn (load
+    changes hit all alike), after two warm-up calls each (oneDNN primitives, mtd's per-shape path choice)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) * 1e3 / calls)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+@torch.no_grad()
+def compare_speed(original: nn.Module, compressed: nn.Module, example: torch.Tensor, *,
+                  batches: Sequence[int] = (1, 64), rounds: int = 5, runtimes: bool = True) -> dict[str, Any]:
+    """Latency on this machine's CPU of ``original`` (eager) and ``compressed`` prepared for inference
+    (:func:`mtd.prepare_inference`; channels_last), and of ``compressed`` on onnxruntime / OpenVINO where
+    installed (``runtimes``), for random batches shaped like ``example`` (C, H, W or 1, C, H, W).
+
+    Returns ``{"cpu", "threads", "runtimes" (versions), "rows": [{"batch", "<name>_ms"...}]}``; the models are
+    copied, not changed. Speed does not depend on the weights."""
+    from ..layers.inference import prepare_inference
+    from ..utils.machine import describe_cpu
+
+    shape = tuple(example.shape[-3:])
+    threads = torch.get_num_threads()
+    dense = copy.deepcopy(original).cpu().eval().to(memory_format=torch.channels_last)
+    plain = copy.deepcopy(compressed).cpu().eval()
+    fast = prepare_inference(plain).to(memory_format=torch.channels_last)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
+        fns: dict[str, Callable[[], Any]] = {"original": lambda x=x: dense(x), "mtd": lambda x=x: fast(x)}
+        with tempfile.TemporaryDirectory() as folder:  # the runtimes have read the file when it goes
+            if runtimes:
+                fns.update(runtime_sessions(plain, x, folder, threads))
+        medians = interleaved_ms(fns, rounds, calls=5 if batch == 1 else 1)
+        rows.append({"batch": batch, **{f"{name}_ms": round(ms, 3) for name, ms in medians.items()}})
+    return {"cpu": describe_cpu(), "threads": threads, "runtimes": runtime_versions() if runtimes else {},
+            "rounds": rounds, "rows": rows}
+
+
+def speed_lines(speed: dict[str, Any], markdown: bool = False) -> list[str]:
+    """A table of :func:`compare_speed`'s result: ms per batch, and the compressed model's speed-up."""
+    from .table import format_table
+
+    names = [k[:-3] for k in speed["rows"][0] if k.endswith("_ms")]
+    rows = []
+    for r in speed["rows"]:
+        mtd = r["mtd_ms"]
+        rows.append([r["batch"], *(f"{r[f'{n}_ms']:.2f}" + ("" if n == "mtd" else f" ({r[f'{n}_ms'] / mtd:.2f}x)")
+                                   for n in names)])
+    header = ("batch", *(("mtd (prepared)" if n == "mtd" else n) for n in names))
+    threads = f"{speed['threads']} thread" + ("s" if speed["threads"] != 1 else "")
+    title = (f"latency on {speed['cpu']}, {threads}, ms per batch (median of {speed['rounds']} "
+             f"rounds; in brackets: how many times the compressed model is faster)")
+    return [title, format_table(header, rows, markdown=markdown)]

@@ -21,6 +21,12 @@ def markdown_report(plans: Sequence[Plan], title: str = "mtd compression report"
                      s["model_param_ratio"], s["layer_param_ratio"], s["macs_ratio"]])
     out += ["## Summary", "", format_table(("method", "base acc (%)", "acc (%)", "drop", "split", "param ratio",
                                             "conv/linear param ratio", "MACs ratio"), rows, markdown=True), ""]
+    speed = plans[0].results.get("speed") if plans and plans[0].results else None
+    if speed:
+        from .latency import speed_lines
+
+        title, table = speed_lines(speed, markdown=True)
+        out += ["## Speed", "", title[0].upper() + title[1:] + ":", "", table, ""]
     for img in images:
         out += [f"![{img}]({img})", ""]
     for p in plans:
