@@ -2,9 +2,10 @@
 
 Every conv but the first is replaced by CP3, by Tucker-2, or by a CP/Tucker mix (CP on even, Tucker
 on odd conv indices), at the planner's uniform ranks for 1/32 of each layer's parameters (random
-weights: speed does not depend on them). With ``--plan-from`` (a ``cifar_cpu_full*.json`` results
-file) the model ``plan`` is added: that run's compressed VGG, rebuilt from the per-layer methods and
-ranks of its ``--plan-step`` (random weights of the planned shapes), beside its own dense VGG.  Channels_last, under torch.no_grad(), batch 1 and 64.
+weights: speed does not depend on them). Each ``--plan-from FILE[:STEP]`` (a ``cifar_cpu_full*.json``
+results file) adds the model ``plan-<model>``: that run's compressed VGG, rebuilt from the per-layer methods
+and ranks of its STEP (default: its most compressed mtd step; random weights of the planned shapes), beside
+its own dense VGG.  Channels_last, under torch.no_grad(), batch 1 and 64.
 For each model, side by side in one process and interleaved (round-robin over the variants, so
 load changes on a shared machine hit all of them alike):
 
@@ -58,7 +59,7 @@ from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa:
 from mtd.report.latency import RUNTIMES, runtime_sessions, runtime_versions  # noqa: E402
 
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
-KINDS = ("cp", "tucker", "mix")  # and "plan" with --plan-from
+KINDS = ("cp", "tucker", "mix")  # and "plan-<model>" for each --plan-from
 VARIANTS = ("dense", "compile(dense)", "chain", "compile(chain)", "mtd", "compile(mtd)", "mtd+prepare",
             "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)", "onnxruntime", "openvino")
 MTD_VARIANTS = ("mtd", "compile(mtd)", "mtd+prepare", "compile(mtd+prepare)", "mtd+rank", "compile(mtd+rank)")
@@ -90,9 +91,9 @@ def _variance_preserving(layer: nn.Module) -> None:
 
 def compress(dense: nn.Module, kind: str, backend: str, plan: Optional[List[dict]] = None) -> nn.Module:
     """``dense`` with every conv but the first replaced (same random factors for every backend), or,
-    for ``kind == "plan"``, every layer of ``plan`` ({name, method, ranks}) as planned."""
+    for a ``plan-*`` kind, every layer of ``plan`` ({name, method, ranks}) as planned."""
     model = copy.deepcopy(dense)
-    if kind == "plan":
+    if kind.startswith("plan"):
         for layer in plan:
             if layer["method"] != "dense":
                 torch.manual_seed(len(layer["name"]))
@@ -197,10 +198,10 @@ def summarise(rows: List[dict]) -> List[dict]:
 
 def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict]) -> None:
     names = [v for v in VARIANTS if v in rows[0]["median_ms"]]
-    plans = {r["plan"]["step"]: r["plan"] for r in rows if "plan" in r}
+    plans = {r["kind"]: r["plan"] for r in rows if "plan" in r}
     lines = [f"# VGG16 (CIFAR, width 1) compressed ~{meta['param_ratio']}x on CPU", "",
-             *[f"Model `plan`: {p['model'].upper()} width 1 as step `{s}` of `{p['file']}` planned it "
-               f"({p['param_ratio']}x fewer parameters in all), beside its own dense model.\n" for s, p in plans.items()],
+             *[f"Model `{k}`: {p['model'].upper()} width 1 as step `{p['step']}` of `{p['file']}` planned it "
+               f"({p['param_ratio']}x fewer parameters in all), beside its own dense model.\n" for k, p in plans.items()],
              f"Machine: {meta['machine']['cpu']} ({meta['machine'].get('avx', '?')}), {meta['machine']['threads']} threads, torch "
              f"{meta['machine']['torch']}" + "".join(f", {k} {v}" for k, v in meta.get("runtimes", {}).items()) +
              f"; load average before/after: {meta['load_before']} / {meta['load_after']}. "
@@ -226,8 +227,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: CP only, batch 1, 2 rounds, no torch.compile")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    ap.add_argument("--plan-from", default=None, help="a cifar_cpu_full*.json results file: adds the model 'plan'")
-    ap.add_argument("--plan-step", default=None, help="its step to rebuild (default: the most compressed mtd step)")
+    ap.add_argument("--plan-from", nargs="+", default=[], metavar="FILE[:STEP]",
+                    help="cifar_cpu_full*.json results files: each adds the model 'plan-<model>' (its STEP; default "
+                         "the most compressed mtd step)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
@@ -253,15 +255,18 @@ def main() -> None:
     dense = mtd.models.build_model("vgg16", width=1).eval().to(memory_format=torch.channels_last)
     compiled_dense = None if args.no_compile else torch.compile(dense)
     ratio = round(conv_params(dense) / conv_params(compress(dense, "cp", "torch")), 1)
-    plan, plan_info = None, None
-    if args.plan_from:
-        plan, plan_info = load_plan(args.plan_from, args.plan_step)
-        args.kinds = [*args.kinds, "plan"]
-        print(f"plan: {plan_info}", flush=True)
+    plans = {}  # kind -> (layers, info)
+    for spec in args.plan_from:
+        path, _, step = spec.partition(":")
+        layers, info = load_plan(path, step or None)
+        plans[f"plan-{info['model']}"] = (layers, info)
+        print(f"plan: {info}", flush=True)
+    args.kinds = [*args.kinds, *plans]
     rows: List[dict] = []
     with torch.no_grad():
         for kind in args.kinds:
-            if kind == "plan":  # the planned model beside its own dense architecture
+            plan, plan_info = plans.get(kind, (None, None))
+            if plan is not None:  # the planned model beside its own dense architecture
                 torch.manual_seed(0)
                 dense = mtd.models.build_model(plan_info["model"], width=1).eval().to(
                     memory_format=torch.channels_last)
@@ -280,11 +285,11 @@ def main() -> None:
                 times = measure(variants, x, args.rounds, calls)
                 med = {name: statistics.median(ts) for name, ts in times.items()}
                 rows.append({"kind": kind, "batch": batch, "conv_param_ratio": kind_ratio,
-                             **({"plan": plan_info} if kind == "plan" else {}),
+                             **({"plan": plan_info} if plan is not None else {}),
                              "median_ms": {k: round(v, 3) for k, v in med.items()},
                              "times_ms": {k: [round(t, 3) for t in v] for k, v in times.items()},
                              "rel_diff_vs_chain": {k: float(f"{v:.2e}") for k, v in rel.items()}})
-                print(f"{kind:<7} b{batch:<3} " + "  ".join(f"{n} {med[n]:.2f}" for n in variants), flush=True)
+                print(f"{kind:<11} b{batch:<3} " + "  ".join(f"{n} {med[n]:.2f}" for n in variants), flush=True)
                 write_results(args.out, args, ratio, load_before, rows)
     for entry in summarise(rows):
         print(entry)

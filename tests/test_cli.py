@@ -74,6 +74,10 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
                            "--checkpoint", str(tmp_path / "missing.pt")], capture_output=True, text=True,
                           env={**os.environ, "MTD_TRACEBACK": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+    # python -m mtd is the same command (what torchrun -m mtd runs)
+    proc = subprocess.run([sys.executable, "-m", "mtd", "eval", "--data", str(tmp_path / "x.tar"),
+                           "--checkpoint", str(tmp_path / "missing.pt")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
 def test_report_writes_markdown_and_plots(capsys, tmp_path):
@@ -327,3 +331,11 @@ def test_mtd_train_resumes_an_interrupted_run_to_the_same_weights(capsys, tiny_c
     rc, _, err = run_cli(capsys, *common[:8], "3", *common[9:], "--out", str(tmp_path / "x.pt"), "--state",
                          str(state), "--resume")
     assert_user_error(rc, err, "cannot resume")
+    # a corrupt state file, or one that holds weights only, is refused with a clear error
+    (tmp_path / "corrupt.state").write_bytes(b"not a checkpoint")
+    rc, _, err = run_cli(capsys, *common, "--out", str(tmp_path / "y.pt"), "--state", str(tmp_path / "corrupt.state"),
+                         "--resume")
+    assert rc == 2 and err.startswith("mtd: error: ") and len(err.strip().splitlines()) == 1, err
+    rc, _, err = run_cli(capsys, *common, "--out", str(tmp_path / "y.pt"), "--state", str(tmp_path / "whole.pt"),
+                         "--resume")
+    assert_user_error(rc, err, "holds weights only")
