@@ -85,6 +85,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-images", type=int, default=None, help="with --checkpoint: verify the budget on this "
                    "many test images (the baseline never saw them) and report test accuracy on the others "
                    "(default: a held-out slice of the training images, pessimistic for a baseline trained on them)")
+    p.add_argument("--image-size", type=int, default=None, help="image folders of any size and image size: "
+                   "--data ROOT (train/<class>/, test/<class>/) or --data TRAIN --val-data VAL, decoded on the fly at "
+                   "this side; needs --checkpoint, --mean and --std")
+    p.add_argument("--val-data", default=None, help="with --image-size: the folder of class folders to test on "
+                   "(--data is then the training folder)")
     p.add_argument("--out", default="mtd-out", help="output folder (plan.json, compressed.pt, compressed.pt2, "
                    "report/)")
     add_common(p)
@@ -139,10 +144,8 @@ def check_options(options: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..serialization import save
     from ..train import evaluate
     from ..utils import pick_device
-    from .report_cmd import write_report
 
     t0 = time.perf_counter()
     device = pick_device(args.device)
@@ -155,8 +158,37 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--val-images needs --checkpoint (the quick baseline keeps its own validation images)")
     if quick and is_builder_spec(args.model):
         raise CLIError("--model module:function needs --checkpoint (the weights of your trained model)")
-    if args.checkpoint is not None:  # check the checkpoint before the (slower) data loading
+    if args.image_size is None and args.val_data is not None:
+        raise CLIError("--val-data needs --image-size (CIFAR-style sources hold their own test split)")
+    if args.image_size is not None and (quick or not 1 <= args.image_size <= 4096):
+        raise CLIError("--image-size needs --checkpoint (your trained model) and a side in [1, 4096]")
+    baseline = None  # check the checkpoint before the (slower) data loading
+    if args.checkpoint is not None:
         baseline = load_baseline(args.checkpoint, args.model, args.width)
+    if args.image_size is not None:
+        baseline, compressed, plan, test = _compress_folders(args, baseline, options, device, progress)
+    else:
+        baseline, compressed, plan, test = _compress_cifar(args, baseline, options, device, progress, out)
+    base_acc = 100 * evaluate(baseline, test)["accuracy"]
+    acc = 100 * evaluate(compressed, test)["accuracy"]
+    return _finish(args, baseline, compressed, plan, test, base_acc, acc, out, t0)
+
+
+def _compress_folders(args, baseline, options: dict, device, progress: bool):
+    """``--image-size``: the datasets decode and normalise (mean/std are theirs, not the planner's)."""
+    from .folder_data import folder_data
+
+    data = folder_data(args)
+    print(data.description)
+    options = {k: v for k, v in options.items() if k not in ("mean", "std")}
+    baseline = baseline.to(device).eval()
+    compressed, plan = run_compress(baseline, data.train, options, device, progress, val_data=data.val)
+    return baseline, compressed, plan, data.report
+
+
+def _compress_cifar(args, baseline, options: dict, device, progress: bool, out: Path):
+    """CIFAR-style sources, decoded into memory; without a checkpoint, the quick baseline trained first."""
+    quick = baseline is None
     arrays = load_data(args.data, args.cache_dir, progress=progress)
     if args.smoke:
         arrays = arrays.subset(*SMOKE_IMAGES, seed=args.seed)
@@ -181,8 +213,14 @@ def run(args: argparse.Namespace) -> int:
     baseline = baseline.to(device).eval()
     compressed, plan = run_compress(baseline, arrays, options, device, progress, val_data=val)
     _, test = data_loaders(arrays, 500, device, mean=options.get("mean"), std=options.get("std"))
-    base_acc = 100 * evaluate(baseline, test)["accuracy"]
-    acc = 100 * evaluate(compressed, test)["accuracy"]
+    return baseline, compressed, plan, test
+
+
+def _finish(args, baseline, compressed, plan, test, base_acc: float, acc: float, out: Path, t0: float) -> int:
+    """Write the plan, the models and the report; print the layers, the verdict, the test accuracy and speed."""
+    from ..serialization import save
+    from .report_cmd import write_report
+
     plan.results["test"] = {"base_accuracy": base_acc, "accuracy": acc, "drop": base_acc - acc}
     if not args.no_speed:  # what the user gets on this CPU: before plan.json and the report are written
         from ..report.latency import compare_speed
