@@ -128,6 +128,12 @@ def test_compress_runs_on_a_224px_image_folder_from_the_command_line(tmp_path, m
         plan = Plan.load(out / "plan.json")
         assert plan.results["holdout"]["images"] == 100 and "accuracy" in plan.results["test"]
         assert (out / "compressed.pt").is_file()
+        # mtd eval on the same folder: all 200 test images, labelled as compress labelled them
+        rc = main(["eval", "--data", str(tmp_path / "data"), "--image-size", "224", "--model", "folder_net:build",
+                   "--checkpoint", str(out / "compressed.pt"), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+                   "--quiet", "--no-speed"])
+        stdout, err = capsys.readouterr()
+        assert rc == 0 and "200 images" in stdout, err
         # what cannot work fails at once, in one line
         for extra, fragment in ((["--image-size", "224", "--val-data", str(tmp_path / "nowhere")], "--val-data"),
                                 (["--val-data", str(tmp_path / "data" / "test")], "--val-data needs --image-size"),

@@ -12,6 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--image-size", type=int, default=None, help="an image folder of any size: --data ROOT with "
+                   "test/<class>/ (or a folder of class folders), decoded on the fly at this side; needs --mean, --std")
     p.add_argument("--no-speed", action="store_true", help="skip the latency comparison of a compressed model "
                    "with its original architecture on this CPU")
     add_model_args(p, "architecture of a model outside the registry: module:function")
@@ -25,9 +27,14 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     model, plan = load_any_model(args.checkpoint, args.model)
-    arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
-    _, test = data_loaders(arrays, args.batch_size, device, mean=parse_floats(args.mean, "--mean"),
-                           std=parse_floats(args.std, "--std"))
+    if args.image_size is not None:
+        from .folder_data import test_folder
+
+        test = test_folder(args, args.batch_size)
+    else:
+        arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
+        _, test = data_loaders(arrays, args.batch_size, device, mean=parse_floats(args.mean, "--mean"),
+                               std=parse_floats(args.std, "--std"))
     result = evaluate(model.to(device), test)
     params = sum(p.numel() for p in model.parameters())
     kind = f"compressed ({plan.method})" if plan else "baseline"

@@ -74,6 +74,32 @@ def folder_data(args, batch_size: int = 128) -> FolderData:
                       loader(test, np.sort(test_idx[n_val:])), train.classes, description)
 
 
+def test_folder(args, batch_size: int):
+    """``mtd eval --image-size``: a DataLoader over ``--data``'s ``test/`` folder (or ``--data`` itself, a folder of
+    class folders), with the test transform; its classes in the order ``mtd compress`` labels them by
+    (``train/``'s beside it, where there is one)."""
+    from torch.utils.data import DataLoader
+
+    from ..data.image_dataset import ImageFolderDataset
+    from ..data.image_folder import class_order
+
+    if args.mean is None or args.std is None:
+        raise CLIError("--image-size needs --mean and --std (the normalisation your model was trained with)")
+    root = Path(args.data)
+    if not root.is_dir():
+        raise CLIError(f"--data {args.data!r} is not a folder (a tarball must be extracted for --image-size)")
+    folder = root / "test" if (root / "test").is_dir() else root
+    train = root / "train"
+    classes = class_order([p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")]) \
+        if train.is_dir() else None
+    try:
+        test = ImageFolderDataset(folder, size=args.image_size, mean=parse_floats(args.mean, "--mean"),
+                                  std=parse_floats(args.std, "--std"), train=False, classes=classes)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return DataLoader(test, batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
+
+
 def _roots(data: str, val_data: Optional[str]) -> tuple[Path, Path]:
     root = Path(data)
     if not root.is_dir():
