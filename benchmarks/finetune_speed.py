@@ -3,7 +3,8 @@
 ``mtd.train.finetune``'s defaults (bf16 + channels_last where the CPU has native bf16, the teacher bank).
 
 Models: full-width CIFAR VGG16 / VGG11 from the shared checkpoints, and their compressed students at the plans
-``mtd@37-ft8`` (39x) of ``cifar_cpu_full_vgg16.json`` and ``mtd@32`` (38x) of ``cifar_cpu_full_vgg11.json``,
+``mtd@37-ft8`` (39x) of ``cifar_cpu_full_vgg16.json`` and ``mtd@32`` (38x) of ``cifar_cpu_full_vgg11.json`` as #21
+planned them (kept in ``results/finetune_speed_plans.json``),
 decomposed layers on the ``torch`` backend as ``mtd.compress`` fine-tunes them, with random factors (timing
 only). Batch 128, SGD (Nesterov, weight decay) step included, median of ``--steps`` steps after two warm-up
 steps; variants of one model are timed one after another in one process.
@@ -42,8 +43,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_util as bu  # noqa: E402
 
-PLANS = {"vgg16": ("cifar_cpu_full_vgg16.json", "mtd@37-ft8", "vgg16-w1-cifar10.pt"),
-         "vgg11": ("cifar_cpu_full_vgg11.json", "mtd@32", "vgg11-w1-e30-cifar10.pt")}
+# the students' plans (results/finetune_speed_plans.json: the #21 plans, kept apart from the results files that
+# later runs replace) and the dense checkpoints they are built on
+PLANS_FILE = Path(__file__).resolve().parent / "results" / "finetune_speed_plans.json"
+CHECKPOINTS = {"vgg16": "vgg16-w1-cifar10.pt", "vgg11": "vgg11-w1-e30-cifar10.pt"}
 VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 BATCH = 128
 
@@ -99,8 +102,7 @@ def build(name: str, checkpoints: str):
     from mtd.models import load_model
     from mtd.planner.layer_factory import empty_layer
 
-    results_file, step, checkpoint = PLANS[name]
-    plan = json.loads((Path(__file__).resolve().parent / "results" / results_file).read_text())["steps"][step]
+    plan, checkpoint = json.loads(PLANS_FILE.read_text())[name], CHECKPOINTS[name]
     dense = load_model(str(Path(checkpoints) / checkpoint))
     student = load_model(str(Path(checkpoints) / checkpoint))
     torch.manual_seed(0)
