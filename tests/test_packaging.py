@@ -89,7 +89,8 @@ def test_cuda_backend_switch_validates():
 
 
 # third-party imports that are optional on purpose: each is guarded where it is used
-OPTIONAL_IMPORTS = {"triton": "GPU kernels", "onnx": "export extra", "onnxruntime": "export extra"}
+OPTIONAL_IMPORTS = {"triton": "GPU kernels", "onnx": "export extra", "onnxruntime": "export extra",
+                    "openvino": "bench extra (the speed table runs it where installed)"}
 IMPORT_TO_DISTRIBUTION = {"PIL": "pillow"}
 
 
