@@ -57,3 +57,17 @@ def test_the_cpu_is_named_with_its_vector_extensions():
     assert describe_cpu().startswith(describe_cpu().split(" (")[0]) and describe_cpu()
     assert set(cpu_features()) <= {"AVX-512", "AVX2", "AVX512_BF16", "AMX"}
     assert not {"AVX-512", "AVX2"} <= set(cpu_features())  # the widest one only
+
+
+def test_without_the_export_packages_the_table_goes_without_runtimes(monkeypatch, tmp_path):
+    """A bare `pip install .` has neither onnx nor the runtimes: the speed table still comes, with mtd and the
+    original only (CI's fresh-venv main job runs this way)."""
+    import importlib.util as util
+
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name in ("onnx", "onnxruntime", "openvino")
+                        else real(name, *a))
+    original, compressed = _models()
+    assert runtime_sessions(compressed, torch.randn(1, 3, 8, 8), str(tmp_path), threads=1) == {}
+    speed = compare_speed(original, compressed, torch.randn(1, 3, 8, 8), batches=(2,), rounds=1)
+    assert set(speed["rows"][0]) == {"batch", "original_ms", "mtd_ms"}
