@@ -35,6 +35,7 @@ def machine_info() -> Dict[str, object]:
     return {
         "cpu": cpu_model(),
         "avx": avx_level(),
+        "cpu_features": cpu_features(),
         "kernel_isa": kernel_isa(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -46,6 +47,7 @@ def machine_info() -> Dict[str, object]:
 def machine_description(device: torch.device) -> dict[str, Any]:
     """Host, CPU, thread count and (if used) GPU name, for the results file."""
     info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(), "avx": avx_level(),
+            "cpu_features": cpu_features(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -335,7 +335,8 @@ def _markdown(results: dict, stem: str) -> str:
     a, m, steps = results["args"], results["machine"], results["steps"]
     n_report = 10000 - a["val"]
     lines = [f"# Full-width {_model_title(results)} on CIFAR-10, on the CPU", "",
-             f"Machine: {m['cpu']} ({m.get('avx', '')}; host {m['host']}, torch {m['torch']}, "
+             f"Machine: {m['cpu']} ({', '.join(m.get('cpu_features') or [m.get('avx', '')])}; host {m['host']}, "
+             f"torch {m['torch']}, "
              f"{m['torch_threads']} threads). Baseline `{Path(a['checkpoint']).name}` (sha256 "
              f"`{results['checkpoint_sha256']}`). Every compressed model, the dense control and every search round "
              f"fine-tuned {a['finetune_epochs']} epochs, distilled from the baseline (`-ftN` rows: fine-tuned on to N "
