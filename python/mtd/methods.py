@@ -3,8 +3,9 @@
 Each :class:`Method` says which layers it decomposes, how (decompose function, factor type, layer class),
 what the result costs (parameters, MACs), which ranks are valid, how the candidate grid turns ratios into
 ranks, and whether lower ranks warm-start from higher ones. The planner, the factor cache, the layer factory
-and :func:`mtd.layers.check_compressible` look methods up here, so a new method (or an activation-aware
-variant, ``aware=``) is one entry, not a change in each of them. ``"dense"`` (keep the layer) is no method.
+and :func:`check_compressible` (a layer checked for one method) look methods up here, so a new method (or an
+activation-aware variant, ``aware=``) is one entry, not a change in each of them. The table imports the layer
+classes; :mod:`mtd.layers` never imports the table. ``"dense"`` (keep the layer) is no method.
 
 Shapes are weight shapes: (T, S, kh, kw) for a conv, (out, in) for a Linear; ranks are tuples.
 """
