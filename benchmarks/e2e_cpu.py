@@ -18,8 +18,10 @@ load changes on a shared machine hit all of them alike):
   mtd+prepare           mtd.prepare_inference(mtd model, rank_space=False): BatchNorm folded, ReLU in the
                         op epilogue, one fused op per layer
   compile(mtd+prepare)  torch.compile of that
-  mtd+rank              mtd.prepare_inference(mtd model): the same, then regrouped into rank space
-                        (torch.ops.mtd.rank_bridge across layers: only rank-R maps reach memory)
+  mtd+rank              mtd.prepare_inference(mtd model): the same, then regrouped into rank space (only
+                        rank-R maps reach memory): the whole run as one torch.ops.mtd.rank_run call on factors
+                        packed once, one rank_bridge call per layer, or the per-layer ops, whichever its first
+                        call measured fastest
   compile(mtd+rank)     torch.compile of that
   onnxruntime           the file mtd.export_onnx writes for the compressed model (standard Conv chains,
                         BatchNorm folded; static batch), run by onnxruntime (all graph optimisations, the
@@ -212,11 +214,14 @@ def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict])
     lines += ["", "Best mtd variant against the baselines (x = times faster):", "",
               "| model | batch | best mtd | vs the faster runtime | vs compile(chain) | vs dense | vs compile(dense) "
               "| vs chain |", "|---|---|---|---|---|---|---|---|"]
+    def ratio(s: dict, key: str) -> str:
+        return f"{s[key]:.2f}" if key in s else "—"  # not measured (--no-compile, no runtimes)
+
     for s in summary:
-        runtime = f"{s['vs_best_runtime']:.2f} ({s['best_runtime']})" if "best_runtime" in s else ""
+        runtime = f"{s['vs_best_runtime']:.2f} ({s['best_runtime']})" if "best_runtime" in s else "—"
         lines.append(f"| {s['kind']} | {s['batch']} | {s['best_mtd']} {s['best_mtd_ms']:.2f} ms | {runtime} | "
-                     f"{s.get('vs_compile_chain', float('nan')):.2f} | {s['vs_dense']:.2f} | "
-                     f"{s.get('vs_compile_dense', float('nan')):.2f} | {s['vs_chain']:.2f} |")
+                     f"{ratio(s, 'vs_compile_chain')} | {s['vs_dense']:.2f} | {ratio(s, 'vs_compile_dense')} | "
+                     f"{s['vs_chain']:.2f} |")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <vector>
+
 namespace mtd {
 
 // CP3: 1x1 (R,S,1,1) -> depthwise (R,1,kh,kw) -> 1x1 (T,R,1,1) + bias [ReLU]
@@ -27,6 +29,11 @@ at::Tensor rank_bridge_cpu(const at::Tensor& input, at::TensorList spatial, cons
                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_next,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu,
                            bool pool);
+
+// A run of rank bridges in one call: weights and meta as mtd_kernels/ops/rank_run.py describes them; `packed`
+// from rank_run_pack(weights, meta) (empty: packed during the call).
+at::Tensor rank_run_cpu(const at::Tensor& input, at::TensorList weights, at::IntArrayRef meta, at::TensorList packed);
+std::vector<at::Tensor> rank_run_pack(at::TensorList weights, at::IntArrayRef meta);
 
 #ifdef MTD_WITH_CUDA
 at::Tensor cp_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,

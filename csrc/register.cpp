@@ -14,6 +14,7 @@ TORCH_LIBRARY_IMPL(mtd, CPU, m) {
   m.impl("cp4_conv2d", &mtd::cp4_conv2d_cpu);
   m.impl("tucker_conv2d", &mtd::tucker_conv2d_cpu);
   m.impl("rank_bridge", &mtd::rank_bridge_cpu);
+  m.impl("rank_run", &mtd::rank_run_cpu);
 }
 
 namespace {
@@ -32,6 +33,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_path_cache", &mtd::cpu::path_cache_entries,
         "(shape key, 'fused'|'chain') of every CPU call shape whose path was chosen by measurement");
   m.def("clear_cpu_path_cache", &mtd::cpu::clear_path_cache, "Forget the measured CPU path choices");
+  m.def("rank_run_pack",
+        [](const std::vector<at::Tensor>& weights, const std::vector<int64_t>& meta) {
+          return mtd::rank_run_pack(weights, meta);
+        },
+        "The packed factors torch.ops.mtd.rank_run takes as `packed` (its weights and meta; see ops/rank_run.py)");
   m.def("cpu_isa", &mtd::cpu::isa_name, "The instruction set the CPU micro-kernels picked at load time");
 #ifdef MTD_WITH_CUDA
   m.def("cp_conv2d_cuda", &mtd::cp_conv2d_cuda);

@@ -50,6 +50,12 @@ def cpu_isa() -> str:
     return _ext.cpu_isa() if _ext is not None else "none"
 
 
+def rank_run_pack(weights, meta) -> list:
+    """The factors of a ``torch.ops.mtd.rank_run`` call in the CPU kernel's layouts, to pass as its ``packed``
+    (so that no call packs them again); ``[]`` without the compiled extension (the op then packs nothing)."""
+    return list(_ext.rank_run_pack(list(weights), [int(m) for m in meta])) if _ext is not None else []
+
+
 def cuda_extension_available() -> bool:
     """True when the extension was built with the hand-written CUDA kernels."""
     return _ext is not None and bool(getattr(_ext, "has_cuda", lambda: False)())

@@ -14,6 +14,7 @@ from ._loader import extension_error
 from .dispatch import cuda_kernel
 from .ops import SPECS, OpSpec
 from .ops import rank_bridge as bridge
+from .ops import rank_run as run
 from .ops._chain import chain_backward, empty_output, reference_forward
 
 _warned_fallback = False
@@ -145,11 +146,59 @@ def bridge_cuda_entry(*args, **kwargs) -> torch.Tensor:
     return bridge.reference(*args, **kwargs) if kernel is None else kernel(*args, **kwargs)
 
 
+def _register_run() -> None:
+    """``mtd::rank_run``: fake kernel, autograd, autocast and CUDA entry from ``ops/rank_run.py``."""
+    LIB.define(run.SCHEMA)
+    qualname = f"mtd::{run.NAME}"
+
+    @torch.library.register_fake(qualname)
+    def _fake(*args, **kwargs):
+        x, weights, meta, _ = run.parse(args, kwargs)
+        return x.new_empty(run.output_shape(x, weights, meta)).contiguous(memory_format=bridge.layout(x))
+
+    def setup_context(ctx, inputs, output):
+        x, weights, meta, packed = run.parse(inputs)
+        ctx.meta = meta
+        ctx.n_packed = len(packed)
+        ctx.n_weights = len(weights)
+        needs = ctx.needs_input_grad[1]
+        needs = list(needs) if isinstance(needs, (list, tuple)) else [needs] * len(weights)
+        ctx.needs_flat = [ctx.needs_input_grad[0], *needs]
+        ctx.save_for_backward(x, *weights)
+
+    def backward(ctx, grad):
+        # Recomputes the plain bridges and differentiates them (nothing saved but the inputs), as rank_bridge does:
+        # the run serves inference.
+        leaves = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_flat)]
+        with torch.enable_grad():
+            out = run.forward(leaves[0], leaves[1:], ctx.meta)
+            wanted = [t for t in leaves if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else [])
+        flat = [next(grads) if t.requires_grad else None for t in leaves]
+        return flat[0], flat[1:], None, [None] * ctx.n_packed  # packed: a copy of the weights, not an input
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    _register_autocast(qualname)
+    LIB.impl(run.NAME, run_bridge_by_bridge, "CUDA")
+
+
+def run_bridge_by_bridge(*args, **kwargs) -> torch.Tensor:
+    """``mtd::rank_run`` as one ``mtd::rank_bridge`` call per bridge (CUDA: each its Triton kernel where it has one)."""
+    x, weights, meta, _ = run.parse(args, kwargs)
+    y = x
+    for args_k in run.split(weights, meta):
+        spatial, w_last, bias, w_next, stride, padding, dilation, relu, pool = args_k
+        y = torch.ops.mtd.rank_bridge(y, spatial, w_last, bias, w_next, list(stride), list(padding), list(dilation),
+                                      relu, pool)
+    return y.contiguous(memory_format=bridge.layout(x))
+
+
 def register_all() -> None:
     """Define and register every op (once, at ``import mtd_kernels``)."""
     for spec in SPECS.values():
         _register(spec)
     _register_bridge()
+    _register_run()
 
 
 def register_cpu_fallbacks() -> None:
@@ -167,3 +216,9 @@ def register_cpu_fallbacks() -> None:
         return bridge.reference(*args, **kwargs)
 
     LIB.impl(bridge.NAME, _bridge_cpu, "CPU")
+
+    def _run_cpu(*args, **kwargs):
+        _warn_fallback_once()
+        return run.reference(*args, **kwargs)
+
+    LIB.impl(run.NAME, _run_cpu, "CPU")

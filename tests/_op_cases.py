@@ -1,6 +1,6 @@
 """Shared by the kernel tests (CPU, Triton interpreter, CUDA device): the test cases, their inputs, the
 float64 reference and the tolerance check, so every backend is tested the same way. ``Case`` is for the
-chain ops, ``BridgeCase`` for ``rank_bridge``."""
+chain ops, ``BridgeCase`` for ``rank_bridge``, ``RUN_CASES`` (chains of bridges) for ``rank_run``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,6 +91,7 @@ class BridgeCase:
     stride: Tuple[int, int] = (1, 1)
     padding: Tuple[int, int] = (1, 1)
     dilation: Tuple[int, int] = (1, 1)
+    kernel: Tuple[int, int] = (3, 3)
 
     def __str__(self) -> str:
         return (f"{self.kind}-n{self.n}r{self.r1}t{self.t}x{self.r_next}-{self.hw[0]}x{self.hw[1]}"
@@ -120,7 +121,7 @@ def make_bridge_args(c: BridgeCase, dtype: torch.dtype, layout: str = "channels_
     def rnd(*shape):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) / max(1, shape[1]) ** 0.5).to(dtype)
 
-    kh = kw = 3
+    kh, kw = c.kernel
     if c.kind == "depthwise":
         spatial, r2 = [rnd(c.r1, 1, kh, kw)], c.r1
     elif c.kind == "cp4":
@@ -149,3 +150,48 @@ def map_tensors(fn, args: tuple) -> tuple:
 def bridge_reference_output(args: tuple) -> torch.Tensor:
     """The bridge's plain-PyTorch stages in float64 on the CPU, on the same (rounded) inputs."""
     return reference.rank_bridge_ref(*map_tensors(lambda t: t.detach().cpu().double(), args))
+
+
+# ---- rank_run: chains of bridges (each case's r1 is the previous one's output channels) ----------------
+def _entry(r1: int, r: int) -> BridgeCase:
+    """A run's entry: the first layer's first 1x1 as a dense 1x1 spatial stage (no last, bias, ReLU or pool)."""
+    return BridgeCase("dense", 1, r1, (1, 1), r, 0, pool=False, relu=False, bias=False, padding=(0, 0),
+                      kernel=(1, 1))
+
+
+RUN_CASES = {
+    # a VGG's start: the image into a dense conv, then every kind of spatial stage; odd maps, strides, pools
+    "vgg-start": (2, (13, 11), [BridgeCase("dense", 1, 3, (1, 1), 16, 6),
+                                BridgeCase("depthwise", 1, 6, (1, 1), 12, 5),
+                                BridgeCase("tucker", 1, 5, (1, 1), 33, 7, pool=False, stride=(2, 1)),
+                                BridgeCase("cp4", 1, 7, (1, 1), 12, 0, dilation=(1, 2), padding=(1, 2))]),
+    # batch 1 on the tiny maps of a network's end: 4x4 -> 2x2 -> 1x1
+    "batch1-tail": (1, (4, 4), [_entry(24, 17), BridgeCase("depthwise", 1, 17, (1, 1), 40, 9),
+                                BridgeCase("tucker", 1, 9, (1, 1), 64, 0)]),
+    # many images per task, T of several hundred
+    "batch64": (64, (4, 4), [BridgeCase("depthwise", 1, 16, (1, 1), 64, 16, pool=False),
+                             BridgeCase("tucker", 1, 16, (1, 1), 520, 16)]),
+    # row chunks and several T chunks per task
+    "rows": (3, (32, 32), [BridgeCase("depthwise", 1, 40, (1, 1), 200, 30),
+                           BridgeCase("cp4", 1, 30, (1, 1), 50, 0, bias=False)]),
+}
+
+
+def make_run_args(name: str, dtype: torch.dtype, layout: str = "channels_last", seed: int = 0) -> tuple:
+    """(input, weights, meta, []) of rank_run over RUN_CASES[name]."""
+    from mtd_kernels.ops.rank_run import bridge_meta
+
+    n, hw, bridges = RUN_CASES[name]
+    weights, meta = [], []
+    for i, c in enumerate(bridges):
+        _, spatial, w_last, bias, w_next, stride, padding, dilation, relu, pool = make_bridge_args(c, dtype, seed=seed + i)
+        weights += spatial + [t for t in (w_last, bias, w_next) if t is not None]
+        meta += bridge_meta(len(spatial), w_last is not None, bias is not None, w_next is not None, stride, padding,
+                            dilation, relu, pool)
+    x = make_bridge_args(BridgeCase(bridges[0].kind, n, bridges[0].r1, hw, 1), dtype, layout, seed=seed + 100)[0]
+    return (x, weights, meta, [])
+
+
+def run_reference_output(args: tuple) -> torch.Tensor:
+    """The run's plain-PyTorch bridges in float64 on the CPU, on the same (rounded) inputs."""
+    return reference.rank_run_ref(*map_tensors(lambda t: t.detach().cpu().double(), args))

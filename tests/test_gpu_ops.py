@@ -15,8 +15,9 @@ import torch
 import mtd_kernels
 from mtd_kernels import dispatch, reference
 
-from _op_cases import (BRIDGE_CASES, DTYPES, OPS, Case, assert_close, bridge_reference_output, make_bridge_args,
-                       make_inputs, map_tensors, reference_output)
+from _op_cases import (BRIDGE_CASES, DTYPES, OPS, RUN_CASES, Case, assert_close, bridge_reference_output,
+                       make_bridge_args, make_inputs, make_run_args, map_tensors, reference_output,
+                       run_reference_output)
 
 DEVICE = "cuda"
 pytestmark = [
@@ -308,3 +309,13 @@ def test_rank_space_model_on_cuda(triton_backend):
         got = prepared(x)
     assert any("RankSpaceRun" in type(m).__name__ for m in prepared.modules()), "nothing was regrouped"
     assert_close(got, want.cpu().double(), 1e-4)
+
+
+@pytest.mark.parametrize("name", list(RUN_CASES))
+def test_rank_run_on_cuda_is_its_bridges(triton_backend, name):
+    """On CUDA rank_run is one rank_bridge call per bridge (packed stays empty: the packing is the CPU kernel's)."""
+    args = map_tensors(lambda t: t.cuda(), make_run_args(name, torch.float32))
+    out = torch.ops.mtd.rank_run(*args)
+    assert out.device == args[0].device
+    assert_close(out, run_reference_output(args), TOLERANCE["float32"])
+    torch.library.opcheck(torch.ops.mtd.rank_run.default, args)

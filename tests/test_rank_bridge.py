@@ -118,6 +118,10 @@ def _randomise_bn(model: nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def compressed_vgg() -> nn.Module:
+    return build_compressed_vgg()
+
+
+def build_compressed_vgg() -> nn.Module:
     """VGG11 width 1/4: conv 0 and 2 dense, the others CP3 / Tucker-2 / CP4 (every kind, dense in the middle)."""
     torch.manual_seed(0)
     model = mtd.models.build_model("vgg11", width=0.25)
@@ -150,25 +154,28 @@ def test_prepared_vgg_runs_in_rank_space(compressed_vgg, layout):
         assert rel_err(per_layer(x), expected) < 1e-5
 
 
-def test_the_run_measures_bridges_against_its_layers(compressed_vgg, monkeypatch):
+def test_the_run_measures_its_paths(compressed_vgg, monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     prepared = mtd.prepare_inference(compressed_vgg)
     run = next(m for m in prepared.modules() if isinstance(m, RankSpaceRun))
-    calls = {"bridge": 0, "layers": 0}
+    calls = {"run": 0, "bridge": 0, "layers": 0}
+    monkeypatch.setattr(run, "_run", _counting(run._run, calls, "run"))
     monkeypatch.setattr(run, "_bridged", _counting(run._bridged, calls, "bridge"))
     run.layers.register_forward_pre_hook(lambda module, args: calls.__setitem__("layers", calls["layers"] + 1))
     with torch.no_grad():
         expected = compressed_vgg(x)
+        monkeypatch.setenv("MTD_RANK_SPACE", "run")
+        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"run": 1, "bridge": 0, "layers": 0}
         monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
-        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"bridge": 1, "layers": 0}
+        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"run": 1, "bridge": 1, "layers": 0}
         monkeypatch.setenv("MTD_RANK_SPACE", "layers")
-        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"bridge": 1, "layers": 1}
+        assert rel_err(prepared(x), expected) < 1e-5 and calls == {"run": 1, "bridge": 1, "layers": 1}
         monkeypatch.setenv("MTD_RANK_SPACE", "auto")
         assert rel_err(prepared(x), expected) < 1e-5  # measures: a warm-up and five timed calls of each
-        assert calls == {"bridge": 7, "layers": 7}
+        assert calls == {"run": 7, "bridge": 7, "layers": 7}
         (choice,) = run.path_cache().values()
         prepared(x)  # cached: one call of the chosen path
-        assert calls[choice] == 8 and sum(calls.values()) == 15
+        assert calls[choice] == 8 and sum(calls.values()) == 22
         monkeypatch.setenv("MTD_RANK_SPACE", "fastest")
         with pytest.raises(ValueError, match="MTD_RANK_SPACE"):
             prepared(x)

@@ -103,6 +103,9 @@ struct TuckerCore {
   // `pixels`: output pixels of the whole call (the product packs the core when there are enough).
   TuckerCore(int64_t r1_, int64_t r2_, const T* core, const cpu::Window& g_, bool tap_major_, int64_t pixels)
       : r1(r1_), r2(r2_), g(g_), tap_major(tap_major_), product(core, r2_, g_.kh * g_.kw * r1_, pixels) {}
+  // The core's product given already packed for this layout (torch.ops.mtd.rank_run).
+  TuckerCore(int64_t r1_, int64_t r2_, const cpu::Window& g_, bool tap_major_, Pointwise<T> product_)
+      : r1(r1_), r2(r2_), g(g_), tap_major(tap_major_), product(std::move(product_)) {}
 
   int64_t k() const { return g.kh * g.kw * r1; }
   bool pointwise() const {  // 1x1 core without stride/padding: U already is the im2col matrix

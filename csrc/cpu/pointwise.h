@@ -6,7 +6,8 @@
 //
 // A call with enough pixels packs W^T once (k rows padded for whole-vector loads) and runs the register-blocked
 // small GEMM with bias and ReLU in registers; a small one (batch 1 on a 2x2 map), where packing would cost more
-// than the product, calls BLAS and the epilogue on W as it is. Measured (Zen 5, AVX-512, 2 threads, VGG16's convs
+// than the product, calls BLAS and the epilogue on W as it is. Given W^T already packed (pack_pointwise, as
+// torch.ops.mtd.rank_run keeps it between calls), every call runs the small GEMM: no packing, no BLAS call. Measured (Zen 5, AVX-512, 2 threads, VGG16's convs
 // at 1/8 of their parameters, batch 64, fused kernels with MKL vs the small GEMM for every 1x1): the small GEMM
 // was faster on 7 of 8 layers (e.g. Tucker-2 (132, 132) on 512 channels at 4x4: 3.5 vs 5.2 ms), up to ranks of 285.
 #pragma once
@@ -37,12 +38,16 @@ class Pointwise {
     }
   }
 
+  // w (n, k) row-major and its packed W^T (k, ld) (ld >= padded_cols(n), zero past column n), kept by the caller.
+  Pointwise(const T* w, int64_t n, int64_t k, const T* packed, int64_t ld)
+      : w_(w), n_(n), k_(k), ld_(ld), external_(packed) {}
+
   void operator()(int64_t m, const T* x, int64_t ldx, T* y, int64_t ldy, int64_t c0, int64_t c1, bool accumulate,
                   const T* bias, bool relu) const {
     if (m <= 0 || c0 >= c1) return;
     const T* b = bias != nullptr ? bias + c0 : nullptr;
-    if (!packed_.empty()) {
-      small_gemm(m, c1 - c0, k_, x, ldx, packed_.data() + c0, ld_, y, ldy, accumulate, b, relu);
+    if (const T* pk = packed()) {
+      small_gemm(m, c1 - c0, k_, x, ldx, pk + c0, ld_, y, ldy, accumulate, b, relu);
       return;
     }
     // column-major Y^T (c1-c0, m) = W[c0:c1] (c1-c0, k) X^T (k, m)
@@ -57,17 +62,21 @@ class Pointwise {
   // Y (m, n) [+]= X (m, k1-k0) W[:, k0:k1]^T: the product over a block of the input channels (no bias, ReLU).
   void k_block(int64_t m, const T* x, int64_t ldx, T* y, int64_t ldy, int64_t k0, int64_t k1, bool accumulate) const {
     if (m <= 0 || k0 >= k1 || n_ == 0) return;
-    if (!packed_.empty()) {
-      small_gemm(m, n_, k1 - k0, x, ldx, packed_.data() + k0 * ld_, ld_, y, ldy, accumulate, nullptr, false);
+    if (const T* pk = packed()) {
+      small_gemm(m, n_, k1 - k0, x, ldx, pk + k0 * ld_, ld_, y, ldy, accumulate, nullptr, false);
       return;
     }
     gemm(true, false, n_, m, k1 - k0, w_ + k0, k_, x, ldx, y, ldy, accumulate);
   }
 
  private:
+  // W^T (k, ld_): the caller's, or packed here; nullptr when BLAS runs the product
+  const T* packed() const { return external_ != nullptr ? external_ : packed_.empty() ? nullptr : packed_.data(); }
+
   const T* w_;
   int64_t n_, k_, ld_ = 0;
-  std::vector<T> packed_;  // W^T (k, ld_), empty when BLAS runs the product
+  const T* external_ = nullptr;
+  std::vector<T> packed_;
 };
 
 }  // namespace cpu

@@ -6,7 +6,8 @@
 
 becomes the conv alone: the BN's eval-mode affine map is folded into the conv's last weight and
 bias, and for a decomposed conv the ReLU runs in the fused op's epilogue (``layer.relu = True``);
-the emptied BN / ReLU slots hold ``nn.Identity``.  A dense ``nn.Conv2d`` keeps its ReLU module
+the emptied BN / ReLU slots are removed from the Sequential (its other children keep their names, so
+state-dict keys do not move; at batch 1 each empty slot would cost a Python call).  A dense ``nn.Conv2d`` keeps its ReLU module
 (eager PyTorch has no conv+ReLU op to put it in).
 
 Only *consecutive children of an nn.Sequential* (not a subclass with its own forward) count as "follows": there the conv's output feeds
@@ -24,7 +25,7 @@ from typing import Union
 from torch import nn
 
 from .base import FactorizedConv2d
-from .rank_space import to_rank_space
+from .rank_space import EmptiedSlot, to_rank_space
 from .surgery import fold_batchnorm, fold_batchnorm_into
 
 Conv = Union[nn.Conv2d, FactorizedConv2d]
@@ -45,6 +46,9 @@ def prepare_inference(model: nn.Module, rank_space: bool = True) -> nn.Module:
         _fuse_sequential(container, uses)
     if rank_space:
         to_rank_space(prepared)
+    for container in [m for m in prepared.modules() if _chains_children(m)]:
+        for key in [k for k, m in container._modules.items() if isinstance(m, EmptiedSlot)]:
+            del container._modules[key]
     return prepared
 
 
@@ -73,12 +77,12 @@ def _fuse_sequential(seq: nn.Sequential, uses: Counter) -> None:
         if isinstance(bn, nn.BatchNorm2d) and uses[id(bn)] == 1 and not getattr(conv, "relu", False):
             conv = _fold(conv, bn)
             seq._modules[keys[i]] = conv
-            seq._modules[keys[j]] = nn.Identity()
+            seq._modules[keys[j]] = EmptiedSlot()
             j += 1
         relu = seq._modules[keys[j]] if j < len(keys) else None
         if isinstance(conv, FactorizedConv2d) and not conv.relu and type(relu) is nn.ReLU:
             conv.relu = True
-            seq._modules[keys[j]] = nn.Identity()
+            seq._modules[keys[j]] = EmptiedSlot()
             j += 1
         i = j
 

@@ -11,7 +11,9 @@ a run of convs into
 
 Only decomposed convs on the ``"fused"`` backend are regrouped (``"torch"`` asks for standard modules).
 The run keeps its per-layer modules beside the bridges and, on the CPU, runs whichever measured faster
-for the input's shape (:class:`RankSpaceRun`). A dense ``nn.Conv2d`` takes part with its kernel as the spatial stage and no last 1x1 (its input is a
+for the input's shape (:class:`RankSpaceRun`): the per-layer ops, the bridges one op call each, or the whole
+run as one ``torch.ops.mtd.rank_run`` call on factors packed once.
+A dense ``nn.Conv2d`` takes part with its kernel as the spatial stage and no last 1x1 (its input is a
 T-channel map: nothing to save there, but its output is not written). Between two convs of a run only
 ``nn.Identity`` (left by BatchNorm folding), a ``ReLU`` (the layer's own, fused) and one ``MaxPool2d(2, 2)``
 may stand. Models outside ``nn.Sequential`` (residual blocks, custom ``forward``) are left as they are.
@@ -25,15 +27,24 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-import mtd_kernels  # noqa: F401  (registers torch.ops.mtd)
+import mtd_kernels  # registers torch.ops.mtd
+from mtd_kernels.ops.rank_run import bridge_meta
 
 from .base import FactorizedConv2d
+
+
+class EmptiedSlot(nn.Identity):
+    """The placeholder of a module moved elsewhere (into a rank-space run, or a BatchNorm folded and a ReLU fused
+    by :func:`mtd.prepare_inference`, which removes these slots when it is done)."""
+
+
+_EMPTY = (nn.Identity, EmptiedSlot)  # exactly these: a subclass of Identity may have a forward of its own
 
 
 class RankBridge(nn.Module):
@@ -62,11 +73,12 @@ class RankBridge(nn.Module):
 class RankSpaceRun(nn.Module):
     """A run of convs regrouped into rank space: the entry 1x1 (if any), then the bridges.
 
-    ``layers`` keeps the same run one module per layer (each conv's own fused op): the other path. On the
-    CPU the first call of each input shape times both, alternating, and keeps the faster (at batch 1 the
-    per-layer ops can win: every call has a fixed cost, and the bridges make no fewer calls);
-    ``MTD_RANK_SPACE=bridge|layers`` forces one, ``auto`` (the default) measures. Traced, compiled, exported
-    and non-CPU calls take the bridges. :meth:`path_cache` shows the choices.
+    Three ways to compute it: ``"run"``, the entry and every bridge in one ``torch.ops.mtd.rank_run`` call on
+    factors packed once (packed again when a weight changes: its version counter moves); ``"bridge"``, one
+    ``rank_bridge`` call per bridge; ``"layers"``, the same run one module per layer (each conv's own fused op).
+    On the CPU the first call of each input shape times them, alternating, and keeps the fastest;
+    ``MTD_RANK_SPACE=run|bridge|layers`` forces one, ``auto`` (the default) measures. Traced, compiled, exported,
+    training and non-CPU calls take the bridges. :meth:`path_cache` shows the choices.
     """
 
     def __init__(self, entry: Optional[nn.Conv2d], bridges: List[RankBridge], layers: nn.Sequential):
@@ -75,14 +87,55 @@ class RankSpaceRun(nn.Module):
         self.bridges = nn.ModuleList(bridges)
         self.layers = layers
         self._choice: Dict[tuple, str] = {}
+        self._plan: Optional[tuple] = None  # see _run_plan
+        self._packed: tuple = ((), [])  # ([(weight, its version)] packed from, mtd_kernels.rank_run_pack's tensors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self._path(x)
-        if path == "measure":  # the first call of this shape: time both, return the faster one's output
+        if path == "measure":  # the first call of this shape: time every path, return the fastest one's output
             key = self._key(x)
             self._choice[key], out = self._measure(x)
             return out
+        if path == "run":
+            return self._run(x)
         return self.layers(x) if path == "layers" else self._bridged(x)
+
+    def run_arguments(self) -> Tuple[List[torch.Tensor], List[int]]:
+        """(weights, meta) of the ``torch.ops.mtd.rank_run`` call that computes this run (the entry 1x1 is its
+        first bridge: a dense 1x1 spatial stage)."""
+        slots, meta = self._run_plan()
+        return [params[name] for params, name in slots], meta
+
+    def _run_plan(self) -> tuple:
+        """(slots, meta): where each weight of the rank_run call lives (a parameter dict and its key: read per
+        call, so a replaced parameter is seen) and the call's meta. Collected once (at batch 1 walking the
+        modules cost more than the whole run), again when a bridge module is replaced."""
+        modules = (self.entry, *self.bridges._modules.values())
+        if self._plan is not None and len(self._plan[0]) == len(modules) and all(
+                a is b for a, b in zip(self._plan[0], modules)):
+            return self._plan[1:]
+        slots, meta = [], []
+        if self.entry is not None:
+            slots.append((self.entry._parameters, "weight"))
+            meta += bridge_meta(1, False, False, False, 1, 0, 1, False, False)
+        for b in self.bridges:
+            slots += [(b.spatial._parameters, key) for key in b.spatial._parameters]
+            present = [b._parameters[name] is not None for name in ("w_last", "bias", "w_next")]
+            slots += [(b._parameters, name) for name, there in zip(("w_last", "bias", "w_next"), present) if there]
+            meta += bridge_meta(len(b.spatial), *present, b.stride, b.padding, b.dilation, b.relu, b.pool)
+        self._plan = (modules, slots, meta)
+        return slots, meta
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        weights, meta = self.run_arguments()
+        packed_from, packed = self._packed
+        if (len(packed_from) != len(weights) or packed and (packed[0].dtype, packed[0].device) != (
+                weights[0].dtype, weights[0].device) or any(w is not old or w._version != version
+                                                             for w, (old, version) in zip(weights, packed_from))):
+            # first call, or a weight was replaced, changed in place (its version moved), cast or moved
+            packed = mtd_kernels.rank_run_pack(weights, meta) if x.device.type == "cpu" else []
+            self._packed = ([(w, w._version) for w in weights], packed)
+        return torch.ops.mtd.rank_run(x, weights, meta, packed)
 
     def _bridged(self, x: torch.Tensor) -> torch.Tensor:
         if self.entry is not None:
@@ -92,13 +145,13 @@ class RankSpaceRun(nn.Module):
         return x
 
     def path_cache(self) -> Dict[tuple, str]:
-        """{(input shape, dtype, channels_last, threads): "bridge" | "layers"} as measured so far."""
+        """{(input shape, dtype, channels_last, threads): "run" | "bridge" | "layers"} as measured so far."""
         return dict(self._choice)
 
     def _path(self, x: torch.Tensor) -> str:
         forced = os.environ.get("MTD_RANK_SPACE", "auto").strip().lower() or "auto"
-        if forced not in ("auto", "bridge", "layers"):
-            raise ValueError(f"MTD_RANK_SPACE={forced!r} is not one of auto, bridge, layers")
+        if forced not in ("auto", "run", "bridge", "layers"):
+            raise ValueError(f"MTD_RANK_SPACE={forced!r} is not one of auto, run, bridge, layers")
         if forced != "auto":
             return forced
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(x, FakeTensor)
@@ -112,7 +165,7 @@ class RankSpaceRun(nn.Module):
 
     @torch.no_grad()
     def _measure(self, x: torch.Tensor, reps: int = 5) -> tuple:
-        paths = {"bridge": self._bridged, "layers": self.layers}
+        paths = {"run": self._run, "bridge": self._bridged, "layers": self.layers}
         times: Dict[str, List[float]] = {name: [] for name in paths}
         outputs = {}
         for fn in paths.values():  # warm-up: the ops' own per-shape choices, oneDNN primitives, scratch
@@ -175,19 +228,19 @@ def _runs(seq: nn.Sequential, eligible: Callable[[nn.Module], bool]) -> List[Lis
     while i < len(keys):
         conv = seq._modules[keys[i]]
         if not eligible(conv):
-            if not isinstance(conv, nn.Identity):
+            if type(conv) not in _EMPTY:
                 runs.append([])
             i += 1
             continue
         unit = _Unit(conv, getattr(conv, "relu", False), False, [keys[i]])
         i += 1
-        while i < len(keys) and type(seq._modules[keys[i]]) in (nn.Identity, nn.ReLU, nn.MaxPool2d):
+        while i < len(keys) and type(seq._modules[keys[i]]) in (*_EMPTY, nn.ReLU, nn.MaxPool2d):
             m = seq._modules[keys[i]]
             if type(m) is nn.ReLU and not unit.relu:  # ReLU commutes with the max-pool
                 unit.relu = True
             elif _is_pool2(m) and not unit.pool:
                 unit.pool = True
-            elif type(m) is not nn.Identity:
+            elif type(m) not in _EMPTY:
                 break
             unit.keys.append(keys[i])
             i += 1
@@ -222,4 +275,4 @@ def _regroup(seq: nn.Sequential, run: List[_Unit]) -> None:
     layers = nn.Sequential(*[seq._modules[key] for key in keys])
     seq._modules[keys[0]] = RankSpaceRun(entry, bridges, layers)
     for key in keys[1:]:
-        seq._modules[key] = nn.Identity()
+        seq._modules[key] = EmptiedSlot()

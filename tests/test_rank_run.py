@@ -1,0 +1,184 @@
+"""torch.ops.mtd.rank_run (a whole run of rank bridges in one call) and RankSpaceRun's "run" path.
+
+The op is checked against its plain-PyTorch description (mtd_kernels/ops/rank_run.py: the bridges one after
+the other) in float64 and float32, with its factors packed once and packed per call, over chains that reach
+every kind of spatial stage, tiny and large maps and batch sizes; the prepared models against their originals.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtd
+import mtd_kernels
+from mtd.layers.rank_space import RankSpaceRun
+from mtd_kernels import reference
+from mtd_kernels.ops.rank_run import bridge_meta
+from _op_cases import RUN_CASES, make_run_args, map_tensors, run_reference_output
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}  # max |out - ref| / max(1, max |ref|), as for rank_bridge
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.abs().max().clamp_min(1.0)).item()
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "unpacked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name", list(RUN_CASES))
+def test_matches_the_reference(name, dtype, packed):
+    x, weights, meta, _ = make_run_args(name, dtype)
+    pk = mtd_kernels.rank_run_pack(weights, meta) if packed else []
+    out = torch.ops.mtd.rank_run(x, weights, meta, pk)
+    ref = run_reference_output((x, weights, meta, []))
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert rel_err(out, ref) <= TOL[dtype]
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the input's layout
+
+
+def test_bridge_by_bridge_equals_one_call():
+    """The op is the bridges in sequence: the same numbers as one rank_bridge call per bridge."""
+    from mtd_kernels._register import run_bridge_by_bridge
+
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float64)
+    torch.testing.assert_close(torch.ops.mtd.rank_run(x, weights, meta, []), run_bridge_by_bridge(x, weights, meta, []),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "view"])
+def test_other_layouts(layout):
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float32, layout)
+    out = torch.ops.mtd.rank_run(x, weights, meta, mtd_kernels.rank_run_pack(weights, meta))
+    assert rel_err(out, run_reference_output((x, weights, meta, []))) <= TOL[torch.float32]
+    assert out.is_contiguous()  # NCHW in, NCHW out
+
+
+def test_packed_factors_serve_every_input_shape():
+    """Packed once, used for other batch sizes and map sizes (the pack depends on the weights only)."""
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float64)
+    pk = mtd_kernels.rank_run_pack(weights, meta)
+    for n, h, w in [(1, 13, 11), (5, 12, 16), (2, 13, 11), (1, 16, 9)]:
+        xi = torch.randn(n, x.shape[1], h, w, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        got = torch.ops.mtd.rank_run(xi, weights, meta, pk)
+        assert rel_err(got, reference.rank_run_ref(xi, weights, meta, [])) <= TOL[torch.float64]
+
+
+def test_bfloat16_runs_each_bridge_chain():
+    """The fused kernel takes float32/64; a bf16 run goes bridge by bridge through the ATen chain."""
+    x, weights, meta, _ = make_run_args("batch1-tail", torch.bfloat16)
+    out = torch.ops.mtd.rank_run(x, weights, meta, mtd_kernels.rank_run_pack(weights, meta))
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, run_reference_output((x, weights, meta, []))) < 5e-2
+
+
+def test_opcheck():
+    x, weights, meta, _ = make_run_args("batch1-tail", torch.float64)
+    args = map_tensors(lambda t: t.requires_grad_(), (x, weights, meta, []))
+    torch.library.opcheck(torch.ops.mtd.rank_run.default, args)
+    torch.library.opcheck(torch.ops.mtd.rank_run.default, (x, weights, meta, mtd_kernels.rank_run_pack(weights, meta)))
+
+
+def test_gradients_are_the_references():
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (x, *weights)]
+    torch.ops.mtd.rank_run(leaves[0], leaves[1:], meta, []).square().sum().backward()
+    ref_leaves = [t.detach().requires_grad_() for t in (x, *weights)]
+    reference.rank_run_ref(ref_leaves[0], ref_leaves[1:], meta, []).square().sum().backward()
+    for got, want in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-10, atol=1e-10)
+
+
+def _errors(args) -> tuple:
+    """The ValueError messages of the compiled op and of the reference for the same bad call."""
+    messages = []
+    for fn in (torch.ops.mtd.rank_run, reference.rank_run_ref):
+        with pytest.raises(ValueError) as info:
+            fn(*args)
+        messages.append(str(info.value).split("\n")[0])
+    return tuple(messages)
+
+
+def test_bad_calls_name_the_problem():
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float32)
+    cpp, py = _errors((x, weights, meta[:-1], []))
+    assert "12 integers per bridge" in cpp and "12 integers per bridge" in py
+    cpp, py = _errors((x, weights[:-1], meta, []))
+    assert "meta asks for more weights" in cpp and "meta asks for more weights" in py
+    cpp, py = _errors((x, weights + [weights[0]], meta, []))
+    assert "were given" in cpp and "were given" in py
+    bad_flag = list(meta)
+    bad_flag[10] = 2
+    cpp, py = _errors((x, weights, bad_flag, []))
+    assert "relu must be 0 or 1" in cpp and "relu must be 0 or 1" in py
+    cpp, py = _errors((x[:, :2], weights, meta, []))  # the first bridge expects 3 channels
+    assert cpp.startswith("mtd.rank_run: bridge 0 (input [2, 2, 13, 11])") and py.startswith("mtd.rank_run: bridge 0")
+    small = torch.randn(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)  # pooled to 1x1, then too small
+    cpp, py = _errors((small, weights, meta, []))
+    assert "bridge 1" in cpp and "bridge 1" in py and "too small" in cpp and "too small" in py
+    pk = mtd_kernels.rank_run_pack(weights, meta)
+    with pytest.raises(ValueError, match="packed holds"):
+        torch.ops.mtd.rank_run(x, weights, meta, pk[:-1])
+    with pytest.raises(ValueError, match="pack these weights again"):
+        torch.ops.mtd.rank_run(x, weights, meta, [pk[0]] + [p.double() for p in pk[1:]])
+
+
+def test_meta_of_a_bridge():
+    assert bridge_meta(2, True, False, True, 2, (1, 0), 1, True, False) == [2, 1, 0, 1, 2, 2, 1, 0, 1, 1, 1, 0]
+
+
+# ---- RankSpaceRun's "run" path ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vgg():
+    from test_rank_bridge import build_compressed_vgg
+
+    return build_compressed_vgg()
+
+
+def _prepared_run(model):
+    prepared = mtd.prepare_inference(model)
+    return prepared, next(m for m in prepared.modules() if isinstance(m, RankSpaceRun))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_prepared_model_on_the_run_path(vgg, batch, monkeypatch):
+    monkeypatch.setenv("MTD_RANK_SPACE", "run")
+    prepared, _ = _prepared_run(vgg)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert rel_err(prepared(x), vgg(x)) < 1e-5
+        y = torch.randn(2, 3, 48, 32)  # another shape and layout with the same packed factors
+        assert rel_err(prepared(y), vgg(y)) < 1e-5
+
+
+def test_factors_are_packed_again_when_they_change(vgg, monkeypatch):
+    monkeypatch.setenv("MTD_RANK_SPACE", "run")
+    prepared, run = _prepared_run(vgg)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        prepared(x)
+        first_pack = run._packed[1]
+        prepared(x)
+        assert run._packed[1] is first_pack  # unchanged weights: packed once
+        run.bridges[1].w_last.mul_(2.0)  # in place: the version counter moves
+        monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
+        expected = prepared(x)
+        monkeypatch.setenv("MTD_RANK_SPACE", "run")
+        assert rel_err(prepared(x), expected) < 1e-5 and run._packed[1] is not first_pack
+        run.bridges[3].w_last = torch.nn.Parameter(run.bridges[3].w_last * 0.5, requires_grad=False)  # replaced
+        monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
+        expected = prepared(x)
+        monkeypatch.setenv("MTD_RANK_SPACE", "run")
+        assert rel_err(prepared(x), expected) < 1e-5
+        prepared.double()  # cast: packed again in float64
+        out = prepared(x.double())
+        assert out.dtype == torch.float64 and run._packed[1][0].dtype == torch.float64
+        monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
+        assert rel_err(out, prepared(x.double())) < 1e-12
+
+
+def test_the_run_path_is_timed_with_the_others(vgg, monkeypatch):
+    monkeypatch.setenv("MTD_RANK_SPACE", "auto")
+    prepared, run = _prepared_run(vgg)
+    with torch.no_grad():
+        prepared(torch.randn(1, 3, 32, 32))
+    assert set(run.path_cache().values()) <= {"run", "bridge", "layers"} and len(run.path_cache()) == 1
