@@ -128,12 +128,17 @@ def test_compress_runs_on_a_224px_image_folder_from_the_command_line(tmp_path, m
         plan = Plan.load(out / "plan.json")
         assert plan.results["holdout"]["images"] == 100 and "accuracy" in plan.results["test"]
         assert (out / "compressed.pt").is_file()
-        # mtd eval on the same folder: all 200 test images, labelled as compress labelled them
-        rc = main(["eval", "--data", str(tmp_path / "data"), "--image-size", "224", "--model", "folder_net:build",
+        # mtd eval on a tarball of the same folder: all 200 test images, labelled as compress labelled them
+        import tarfile
+
+        with tarfile.open(tmp_path / "data.tar", "w") as tar:
+            tar.add(tmp_path / "data", arcname=".")
+        monkeypatch.setenv("MTD_CACHE_DIR", str(tmp_path / "cache"))
+        rc = main(["eval", "--data", str(tmp_path / "data.tar"), "--image-size", "224", "--model", "folder_net:build",
                    "--checkpoint", str(out / "compressed.pt"), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
                    "--quiet", "--no-speed"])
         stdout, err = capsys.readouterr()
-        assert rc == 0 and "200 images" in stdout, err
+        assert rc == 0 and "200 images" in stdout and "unpacking" in err, err
         # what cannot work fails at once, in one line
         for extra, fragment in ((["--image-size", "224", "--val-data", str(tmp_path / "nowhere")], "--val-data"),
                                 (["--val-data", str(tmp_path / "data" / "test")], "--val-data needs --image-size"),
@@ -143,3 +148,61 @@ def test_compress_runs_on_a_224px_image_folder_from_the_command_line(tmp_path, m
             assert rc == 2 and fragment in err, err
     finally:
         sys.modules.pop("folder_net", None)
+
+
+def _tar(folder, path, arcname=".", extra=None):
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname=arcname)
+        if extra is not None:
+            extra(tar)
+    return path
+
+
+def test_a_tarball_is_unpacked_once_into_the_cache(tmp_path, monkeypatch, capsys):
+    from mtd.data.extract import extracted_folder
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(tmp_path / "cache"))
+    write_folder(tmp_path / "src" / "train")
+    write_folder(tmp_path / "src" / "test")
+    tarball = _tar(tmp_path / "src", tmp_path / "data.tar.gz", arcname="mydata")  # one top folder: stepped into
+    said = []
+    root = extracted_folder(tarball, announce=said.append)
+    assert (root / "train" / "ant").is_dir() and (root / "test" / "dog").is_dir() and len(said) == 1
+    first = (root / "train" / "ant" / "0.jpg").stat().st_mtime_ns
+    assert extracted_folder(tarball, announce=said.append) == root and len(said) == 1  # not unpacked again
+    assert (root / "train" / "ant" / "0.jpg").stat().st_mtime_ns == first
+    data = ImageFolderDataset(root / "train", size=24, train=False, **NORM)
+    assert data.classes == ("ant", "cat", "dog") and len(data) == 9
+    assert not [p for p in root.parent.parent.iterdir() if p.name.startswith(".")]  # no partial folder left
+
+
+def test_what_a_tarball_may_not_do(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    from mtd.data import ReadLimits
+    from mtd.data.extract import extracted_folder
+
+    write_folder(tmp_path / "src")
+
+    def climb(tar):
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+
+    bad = _tar(tmp_path / "src", tmp_path / "bad.tar.gz", extra=climb)
+    with pytest.raises(ValueError, match="points outside the archive"):
+        extracted_folder(bad, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "outside.txt").exists()
+    good = _tar(tmp_path / "src", tmp_path / "good.tar.gz")
+    with pytest.raises(ValueError, match="more than 5 files"):
+        extracted_folder(good, cache_dir=tmp_path / "cache", limits=ReadLimits(max_members=5))
+    with pytest.raises(ValueError, match="bytes unpacked"):
+        extracted_folder(good, cache_dir=tmp_path / "cache", limits=ReadLimits(max_bytes=100))
+    (tmp_path / "junk.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ValueError, match="not a readable"):
+        extracted_folder(tmp_path / "junk.tar.gz", cache_dir=tmp_path / "cache")
+    extracted = tmp_path / "cache" / "extracted"
+    assert not [p for p in extracted.iterdir()]  # every failure left nothing behind

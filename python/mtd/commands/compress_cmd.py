@@ -87,9 +87,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: a held-out slice of the training images, pessimistic for a baseline trained on them)")
     p.add_argument("--image-size", type=int, default=None, help="image folders of any size and image size: "
                    "--data ROOT (train/<class>/, test/<class>/) or --data TRAIN --val-data VAL, decoded on the fly at "
-                   "this side; needs --checkpoint, --mean and --std")
-    p.add_argument("--val-data", default=None, help="with --image-size: the folder of class folders to test on "
-                   "(--data is then the training folder)")
+                   "this side (a tarball of them is unpacked once into the cache folder); needs --checkpoint, --mean "
+                   "and --std")
+    p.add_argument("--val-data", default=None, help="with --image-size: the folder (or tarball) of class folders to "
+                   "test on (--data is then the training folder)")
     p.add_argument("--out", default="mtd-out", help="output folder (plan.json, compressed.pt, compressed.pt2, "
                    "report/)")
     add_common(p)

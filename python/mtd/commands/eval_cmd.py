@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--image-size", type=int, default=None, help="an image folder of any size: --data ROOT with "
-                   "test/<class>/ (or a folder of class folders), decoded on the fly at this side; needs --mean, --std")
+                   "test/<class>/ (or a folder of class folders, or a tarball of either, unpacked once into the cache "
+                   "folder), decoded on the fly at this side; needs --mean, --std")
     p.add_argument("--no-speed", action="store_true", help="skip the latency comparison of a compressed model "
                    "with its original architecture on this CPU")
     add_model_args(p, "architecture of a model outside the registry: module:function")

@@ -8,12 +8,14 @@ the 1 GiB that the in-memory readers allow would hold only about 7,000 images (I
 190 GB), while decoding in worker processes overlaps the training steps.
 
 Layouts: ``--data ROOT`` with ``ROOT/train/<class>/`` and ``ROOT/test/<class>/``, or ``--data TRAIN --val-data
-VAL``, each a folder of class folders. ``--val-images N`` (default: half of the test images) of the test images
+VAL``, each a folder of class folders; a tarball (.tar, .tar.gz, .tar.bz2, .tar.xz) of either is unpacked once into
+the cache folder (``mtd.data.extract``: a compressed tar cannot be read in random order) and read from there. ``--val-images N`` (default: half of the test images) of the test images
 verify the budget, with the evaluation transform; the others report the test accuracy.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -37,8 +39,8 @@ class FolderData:
 
 
 def folder_data(args, batch_size: int = 128) -> FolderData:
-    """The training and test folders named by ``--data`` / ``--val-data``, at ``--image-size``; CLIError for a
-    missing layout, a tarball, missing normalisation or an impossible ``--val-images``."""
+    """The training and test folders (or tarballs) named by ``--data`` / ``--val-data``, at ``--image-size``; CLIError
+    for a missing layout, an unreadable tarball, missing normalisation or an impossible ``--val-images``."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -85,9 +87,7 @@ def test_folder(args, batch_size: int):
 
     if args.mean is None or args.std is None:
         raise CLIError("--image-size needs --mean and --std (the normalisation your model was trained with)")
-    root = Path(args.data)
-    if not root.is_dir():
-        raise CLIError(f"--data {args.data!r} is not a folder (a tarball must be extracted for --image-size)")
+    root = _folder(args.data, "--data")
     folder = root / "test" if (root / "test").is_dir() else root
     train = root / "train"
     classes = class_order([p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")]) \
@@ -100,16 +100,25 @@ def test_folder(args, batch_size: int):
     return DataLoader(test, batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
 
 
+def _folder(path: str, flag: str) -> Path:
+    """``path`` if it is a folder, else the folder its tarball unpacks into (once, in the cache folder)."""
+    from ..data.extract import extracted_folder
+
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if not p.exists():
+        raise CLIError(f"{flag} {path!r} does not exist")
+    try:
+        return extracted_folder(p, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as err:
+        raise CLIError(f"{flag}: {err}") from None
+
+
 def _roots(data: str, val_data: Optional[str]) -> tuple[Path, Path]:
-    root = Path(data)
-    if not root.is_dir():
-        what = "does not exist" if not root.exists() else "is a file (a tarball must be extracted for " \
-            "--image-size: its images are read in random order)"
-        raise CLIError(f"--data {data!r} {what}")
+    root = _folder(data, "--data")
     if val_data is not None:
-        if not Path(val_data).is_dir():
-            raise CLIError(f"--val-data {val_data!r} is not a folder of class folders")
-        return root, Path(val_data)
+        return root, _folder(val_data, "--val-data")
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise CLIError(f"--data {data!r} needs train/<class>/ and test/<class>/ folders (or pass --val-data)")
     return root / "train", root / "test"
