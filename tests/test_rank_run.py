@@ -182,3 +182,14 @@ def test_the_run_path_is_timed_with_the_others(vgg, monkeypatch):
     with torch.no_grad():
         prepared(torch.randn(1, 3, 32, 32))
     assert set(run.path_cache().values()) <= {"run", "bridge", "layers"} and len(run.path_cache()) == 1
+
+
+def test_a_forced_run_path_traces(vgg, monkeypatch):
+    """MTD_RANK_SPACE=run under torch.export: the op's fake kernel traces it (nothing packed from fake weights)."""
+    monkeypatch.setenv("MTD_RANK_SPACE", "run")
+    prepared, _ = _prepared_run(vgg)
+    x = torch.randn(2, 3, 32, 32)
+    program = torch.export.export(prepared, (x,))
+    assert "mtd.rank_run.default" in {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    with torch.no_grad():
+        assert rel_err(program.module()(x), vgg(x)) < 1e-5

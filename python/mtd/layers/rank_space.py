@@ -128,12 +128,14 @@ class RankSpaceRun(nn.Module):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         weights, meta = self.run_arguments()
+        if x.device.type != "cpu" or isinstance(x, FakeTensor) or torch.compiler.is_compiling():
+            return torch.ops.mtd.rank_run(x, weights, meta, [])  # traced (MTD_RANK_SPACE=run) or not on the CPU
         packed_from, packed = self._packed
         if (len(packed_from) != len(weights) or packed and (packed[0].dtype, packed[0].device) != (
                 weights[0].dtype, weights[0].device) or any(w is not old or w._version != version
                                                              for w, (old, version) in zip(weights, packed_from))):
             # first call, or a weight was replaced, changed in place (its version moved), cast or moved
-            packed = mtd_kernels.rank_run_pack(weights, meta) if x.device.type == "cpu" else []
+            packed = mtd_kernels.rank_run_pack(weights, meta)
             self._packed = ([(w, w._version) for w in weights], packed)
         return torch.ops.mtd.rank_run(x, weights, meta, packed)
 
