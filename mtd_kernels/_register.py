@@ -160,7 +160,6 @@ def _register_run() -> None:
         x, weights, meta, packed = run.parse(inputs)
         ctx.meta = meta
         ctx.n_packed = len(packed)
-        ctx.n_weights = len(weights)
         needs = ctx.needs_input_grad[1]
         needs = list(needs) if isinstance(needs, (list, tuple)) else [needs] * len(weights)
         ctx.needs_flat = [ctx.needs_input_grad[0], *needs]

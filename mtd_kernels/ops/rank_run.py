@@ -78,20 +78,20 @@ def parse(args: Sequence, kwargs: Optional[dict] = None) -> Tuple[torch.Tensor, 
     return v["input"], list(v["weights"]), [int(m) for m in v["meta"]], list(v["packed"])
 
 
-def _bridge_call(x: torch.Tensor, i: int, args: tuple) -> bridge.BridgeCall:
+def _bridge_call(x: torch.Tensor, i: int, args: tuple) -> Tuple[bridge.BridgeCall, Tuple[int, ...]]:
+    """Bridge ``i``'s checked call on ``x`` and its output shape."""
     call = bridge.BridgeCall(x, *args)
     try:
-        bridge.output_shape(call)
+        return call, bridge.output_shape(call)
     except ValueError as e:  # name the bridge: its input is the previous one's output
         raise ValueError(f"mtd.rank_run: bridge {i} (input {list(x.shape)}): {e}") from None
-    return call
 
 
 def output_shape(x: torch.Tensor, weights: Sequence[torch.Tensor], meta: Sequence[int]) -> Tuple[int, ...]:
     """The run's output shape (checking every bridge on the shape it receives)."""
     shape = tuple(x.shape)
     for i, args in enumerate(split(weights, meta)):
-        shape = bridge.output_shape(_bridge_call(x.new_empty(shape) if i else x, i, args))
+        shape = _bridge_call(x.new_empty(shape) if i else x, i, args)[1]
     return shape
 
 
@@ -99,7 +99,7 @@ def forward(x: torch.Tensor, weights: Sequence[torch.Tensor], meta: Sequence[int
     """The plain-PyTorch bridges one after the other (differentiable)."""
     y = x
     for i, args in enumerate(split(weights, meta)):
-        y = bridge.forward(_bridge_call(y, i, args))
+        y = bridge.forward(_bridge_call(y, i, args)[0])
     return y.contiguous(memory_format=bridge.layout(x))
 
 

@@ -13,7 +13,7 @@ import lzma
 import tarfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict
+from typing import BinaryIO, Callable, Dict, Iterator, Tuple
 
 from .limits import DEFAULT_LIMITS, ReadBudget, ReadLimits
 
@@ -58,14 +58,23 @@ def _check_name(name: str, where: str) -> None:
                          "to read an archive with such names")
 
 
-def read_tar_members(path: Path, wanted: Callable[[str], bool],
-                     limits: ReadLimits = DEFAULT_LIMITS) -> Dict[str, bytes]:
-    """``{member path: bytes}`` of the regular files for which ``wanted(path)`` holds (the rest are skipped
-    unread). ValueError for an unreadable archive, a member name outside it, or a source over ``limits``:
-    more than ``max_members`` members, or more than ``max_bytes`` in its files."""
+# What a damaged archive raises while it is read (also while a yielded member's file is read: catch these there)
+READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def unreadable(path: Path, err: BaseException) -> ValueError:
+    return ValueError(f"{str(path)!r} is not a readable .tar/.tar.gz archive ({type(err).__name__}: {err}); "
+                      "expected the official cifar-10-python.tar.gz or a tar of train/<class>/ and test/<class>/ "
+                      "image folders")
+
+
+def iter_tar_files(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Tuple[tarfile.TarInfo, BinaryIO]]:
+    """(member, its open file) for every regular file of the archive, in one streaming pass; links, devices and
+    folders are skipped. ValueError for an unreadable archive, a member name outside it, or a source over
+    ``limits``: more than ``max_members`` members, or more than ``max_bytes`` in its files (counted from each
+    header before a byte of the member is read)."""
     where = str(path)
     budget = ReadBudget(where, limits)
-    members: Dict[str, bytes] = {}
     try:
         cap = limits.max_bytes + _TAR_OVERHEAD * limits.max_members
         with _decompressed(path) as raw, tarfile.open(fileobj=io.BufferedReader(_CappedReader(raw, cap, where)),
@@ -75,11 +84,18 @@ def read_tar_members(path: Path, wanted: Callable[[str], bool],
                 if not member.isfile():
                     continue
                 _check_name(member.name, where)
-                budget.take_bytes(member.size, member.name)  # from the header, before a byte is read
-                if wanted(member.name):
-                    members[member.name] = archive.extractfile(member).read(member.size)
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
-        raise ValueError(f"{where!r} is not a readable .tar/.tar.gz archive ({type(err).__name__}: {err}); "
-                         "expected the official cifar-10-python.tar.gz or a tar of train/<class>/ and "
-                         "test/<class>/ image folders") from err
-    return members
+                budget.take_bytes(member.size, member.name)
+                yield member, archive.extractfile(member)
+    except READ_ERRORS as err:
+        raise unreadable(path, err) from err
+
+
+def read_tar_members(path: Path, wanted: Callable[[str], bool],
+                     limits: ReadLimits = DEFAULT_LIMITS) -> Dict[str, bytes]:
+    """``{member path: bytes}`` of the regular files for which ``wanted(path)`` holds (the rest are skipped
+    unread); the errors of :func:`iter_tar_files`."""
+    try:
+        return {member.name: data.read(member.size) for member, data in iter_tar_files(path, limits)
+                if wanted(member.name)}
+    except READ_ERRORS as err:  # raised while a member was read
+        raise unreadable(path, err) from err

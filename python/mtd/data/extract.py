@@ -11,19 +11,15 @@ extraction is started again, never used half-written.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tarfile
 import tempfile
-import zlib
-import lzma
 from pathlib import Path
 from typing import Callable, Optional
 
-from .archive import _check_name, _CappedReader, _decompressed, _TAR_OVERHEAD
+from .archive import READ_ERRORS, iter_tar_files, unreadable
 from .cache import default_cache_dir, source_fingerprint
-from .limits import ReadBudget, ReadLimits
+from .limits import ReadLimits
 
 KEEP_FREE_BYTES = 1 << 30  # disk left free by the default limit
 MAX_EXTRACTED_FILES = 20_000_000  # ImageNet's training set is 1.28 million files
@@ -50,30 +46,21 @@ def extracted_folder(tarball: os.PathLike, cache_dir: Optional[os.PathLike] = No
     if announce is not None:
         announce(f"unpacking {tarball} once into {dest} (later runs read it from there)")
     limits = limits or disk_limits(dest.parent)
-    where = str(tarball)
-    budget = ReadBudget(where, limits)
     partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        cap = limits.max_bytes + _TAR_OVERHEAD * min(limits.max_members, 1 << 24)
-        with _decompressed(tarball) as raw, tarfile.open(fileobj=io.BufferedReader(_CappedReader(raw, cap, where)),
-                                                         mode="r|") as archive:
-            for member in archive:
-                budget.take_member()
-                if not member.isfile():  # folders are made as files need them; links and devices are skipped
-                    continue
-                _check_name(member.name, where)
-                budget.take_bytes(member.size, member.name)  # from the header, before a byte is written
-                target = partial / member.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.extractfile(member) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+        for member, src in iter_tar_files(tarball, limits):  # folders are made as files need them
+            target = partial / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
         os.replace(partial, dest)  # the folder appears complete or not at all
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
+    except (ValueError, *READ_ERRORS) as err:
         shutil.rmtree(partial, ignore_errors=True)
         if dest.is_dir():  # another process finished the same extraction first
             return _inside(dest)
-        raise ValueError(f"{where!r} is not a readable .tar/.tar.gz archive of image folders "
-                         f"({type(err).__name__}: {err})") from err
+        if isinstance(err, ValueError):
+            raise
+        raise unreadable(tarball, err) from err
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
