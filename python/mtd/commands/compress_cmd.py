@@ -11,6 +11,9 @@ tiny candidate grid; seconds), which CI uses to check that a fresh ``pip install
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import time
 from pathlib import Path
 
@@ -145,12 +148,30 @@ def check_options(options: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command; under ``torchrun`` (WORLD_SIZE > 1) every rank runs it, the work split by ``mtd.compress``,
+    and only rank 0 prints and writes."""
+    from ..train.distributed import cleanup, init_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _run(args)
+    info = init_distributed(device=args.device)
+    try:
+        if info.is_main:
+            return _run(args, info.device)
+        with contextlib.redirect_stdout(io.StringIO()):  # the other ranks work silently
+            return _run(args, info.device)
+    finally:
+        cleanup()
+
+
+def _run(args: argparse.Namespace, device=None) -> int:
     from ..train import evaluate
+    from ..train.distributed import is_main_process
     from ..utils import pick_device
 
     t0 = time.perf_counter()
-    device = pick_device(args.device)
-    progress = not args.quiet
+    device = device or pick_device(args.device)
+    progress = not args.quiet and is_main_process()
     quick = args.checkpoint is None
     out = Path(args.out)
     options = compress_options(args, quick)
@@ -172,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         baseline, compressed, plan, test = _compress_cifar(args, baseline, options, device, progress, out)
     base_acc = 100 * evaluate(baseline, test)["accuracy"]
     acc = 100 * evaluate(compressed, test)["accuracy"]
+    if not is_main_process():  # rank 0 writes the files and measures the speed
+        return 0
     return _finish(args, baseline, compressed, plan, test, base_acc, acc, out, t0)
 
 
@@ -179,7 +202,10 @@ def _compress_folders(args, baseline, options: dict, device, progress: bool):
     """``--image-size``: the datasets decode and normalise (mean/std are theirs, not the planner's)."""
     from .folder_data import folder_data
 
-    data = folder_data(args)
+    from ..train.distributed import main_process_first
+
+    with main_process_first():  # rank 0 unpacks a tarball into the cache, the others read it
+        data = folder_data(args)
     print(data.description)
     options = {k: v for k, v in options.items() if k not in ("mean", "std")}
     baseline = baseline.to(device).eval()
@@ -190,7 +216,10 @@ def _compress_folders(args, baseline, options: dict, device, progress: bool):
 def _compress_cifar(args, baseline, options: dict, device, progress: bool, out: Path):
     """CIFAR-style sources, decoded into memory; without a checkpoint, the quick baseline trained first."""
     quick = baseline is None
-    arrays = load_data(args.data, args.cache_dir, progress=progress)
+    from ..train.distributed import main_process_first
+
+    with main_process_first():  # rank 0 decodes into the cache, the others read it
+        arrays = load_data(args.data, args.cache_dir, progress=progress)
     if args.smoke:
         arrays = arrays.subset(*SMOKE_IMAGES, seed=args.seed)
     val = None

@@ -50,6 +50,7 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
 
     from ..models import build_model, save_checkpoint
     from ..train import evaluate, train
+    from ..train.distributed import is_main_process, sync_module
     from ..utils import seed_everything
 
     seed_everything(seed)  # the initial weights too: the same seed gives the same baseline in every process
@@ -67,8 +68,9 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
     seconds = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format)  # train() may have made it channels_last
     acc = 100.0 * evaluate(model, test_loader)["accuracy"]
-    save_checkpoint(out, model, extra={"test_accuracy": acc, "epochs": epochs})
-    return model, acc, seconds
+    if is_main_process():  # under torchrun every rank trained the same model (same seed); rank 0 writes it
+        save_checkpoint(out, model, extra={"test_accuracy": acc, "epochs": epochs})
+    return sync_module(model), acc, seconds
 
 
 def run(args: argparse.Namespace) -> int:

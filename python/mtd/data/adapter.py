@@ -23,6 +23,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from .arrays import CIFAR10_MEAN, CIFAR10_STD
 from .loader import TensorDataLoader
@@ -39,12 +40,14 @@ class PlanningData:
         return int(self.labels.shape[0])
 
     def loader(self, indices: np.ndarray, batch_size: int, *, train: bool, device: torch.device,
-               seed: int = 0, views: Optional[int] = None) -> Any:
+               seed: int = 0, views: Optional[int] = None, rank: int = 0, world_size: int = 1) -> Any:
         """A re-iterable of ``(x, y)`` batches on ``device`` over ``indices`` (shuffled, and augmented where
         the source defines augmentation, if ``train``); has ``len()`` (batches per pass).
 
         ``views=K``: where the source can (uint8 arrays), the augmentation is a function of (image index,
-        epoch mod K) and batches are ``mtd.data.loader.KeyedBatch``es keyed by it; other sources ignore it."""
+        epoch mod K) and batches are ``mtd.data.loader.KeyedBatch``es keyed by it; other sources ignore it.
+        ``rank``/``world_size``: this rank's shard of every pass (``train``: the global order padded by wrapping
+        around, so that every rank gets the same number of batches, as ``DistributedSampler`` does)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -75,28 +78,39 @@ class ArrayData(PlanningData):
         h.update(f"{self.mean}|{self.std}|{self.augment}".encode())
         return h.hexdigest()
 
-    def loader(self, indices, batch_size, *, train, device, seed=0, views=None):
+    def loader(self, indices, batch_size, *, train, device, seed=0, views=None, rank=0, world_size=1):
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if self.mean is not None:  # uint8
             return TensorDataLoader(self.images[np.asarray(indices)], self.labels[idx], batch_size=batch_size,
                                     train=train, augment=train and self.augment, device=device, seed=seed,
-                                    mean=self.mean, std=self.std, views=views, ids=np.asarray(indices))
-        return _FloatLoader(self.images[idx], self.labels[idx], batch_size, train, device, seed)
+                                    mean=self.mean, std=self.std, views=views, ids=np.asarray(indices),
+                                    rank=rank, world_size=world_size)
+        return _FloatLoader(self.images[idx], self.labels[idx], batch_size, train, device, seed, rank, world_size)
 
 
 class _FloatLoader:
-    """Batches of pre-normalised float tensors (shuffled per pass when training)."""
+    """Batches of pre-normalised float tensors (shuffled per pass when training; rank ``rank``'s shard)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool, device: torch.device,
-                 seed: int):
+                 seed: int, rank: int = 0, world_size: int = 1):
         self.x, self.y, self.batch_size, self.train, self.device = x, y, batch_size, train, device
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
+
+    def _samples(self) -> int:
+        n = len(self.y)
+        return -(-n // self.world_size) if self.train else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
+        return (self._samples() + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
-        order = torch.randperm(len(self.y), generator=self.generator) if self.train else torch.arange(len(self.y))
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        if self.world_size > 1:
+            if self.train:  # padded by wrapping around: every rank the same number of batches
+                order = torch.cat([order, order[:self._samples() * self.world_size - n]])
+            order = order[self.rank::self.world_size]
         for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.x[idx].to(self.device), self.y[idx].to(self.device)
@@ -113,9 +127,14 @@ class DatasetData(PlanningData):
     num_workers: int = 0
     collate_fn: Any = None
 
-    def loader(self, indices, batch_size, *, train, device, seed=0, views=None):
+    def loader(self, indices, batch_size, *, train, device, seed=0, views=None, rank=0, world_size=1):
+        subset = Subset(self.dataset, [int(i) for i in indices])
+        sampler = None
+        if world_size > 1:  # its shuffle is seeded by (seed, epoch): _DeviceLoader.set_epoch advances it
+            sampler = DistributedSampler(subset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                         drop_last=False)
         generator = torch.Generator().manual_seed(seed)
-        inner = DataLoader(Subset(self.dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=train,
+        inner = DataLoader(subset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                            generator=generator, num_workers=self.num_workers, collate_fn=self.collate_fn,
                            pin_memory=torch.device(device).type == "cuda")
         return _DeviceLoader(inner, torch.device(device), self.mean, self.std)
@@ -134,6 +153,11 @@ class _DeviceLoader:
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        """A sharded loader's shuffle for ``epoch`` (``DistributedSampler`` draws it from the seed and epoch)."""
+        if hasattr(self.inner.sampler, "set_epoch"):
+            self.inner.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         for x, y in self.inner:

@@ -14,6 +14,16 @@ The steps of one call (:class:`_Run`), in order:
 4. ``_ship``: the chosen model in the configuration it is returned in (fused ops, optionally prepared for
    inference), checked against the verified one;
 5. ``_report``: the plan, every measurement and the one-line verdict.
+
+Under a process group (``torchrun``; :func:`mtd.train.distributed.init_distributed`) every rank calls
+``compress`` with the same arguments and the work is split: each rank decomposes and scores its share of the
+candidates (``options.candidate_owners``), scores and verifies its share of the calibration and held-out
+batches (the per-batch and per-image results gathered, so every choice and the verdict are exactly one
+process's), reconstructs each layer from its share of the recovery images (Gram matrices and gradients summed),
+fine-tunes through DDP on its shard of the fine-tuning images (the global batch unchanged), re-estimates
+BatchNorm on its shard (averaged), and fills the teacher bank for its shard. The built and fine-tuned models
+are copied from rank 0, so every rank holds and returns the same model. Only rank 0 prints and writes to the
+cache folder.
 """
 from __future__ import annotations
 
@@ -34,6 +44,8 @@ from ..data.loader import VIEW_AUGMENTATION
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
+from ..train.distributed import (all_reduce_sum, average_batchnorm_stats, broadcast_object, get_rank, get_world_size,
+                                 is_distributed, sync_module)
 from ..train.teacher_bank import TeacherBank, bank_key
 from ..train.teacher_cache import CachedTeacher
 from ..utils import pick_device, progress_bar, seed_everything
@@ -43,7 +55,8 @@ from .candidates import Candidate
 from .config import CompressConfig
 from .factor_cache import DecompositionSettings, FactorCache
 from .layer_factory import build_layer, set_backend
-from .options import load_options, record_io_shapes, save_options, score_key, score_options, warm_chain
+from .options import (candidate_owners, load_options, record_io_shapes, save_options, score_key, score_options,
+                      warm_chain)
 from .plan import LayerPlan, Plan, current_versions
 from .search import FrontierSearch
 from .select import Assignment, Scored, assignment_path, search_ratio
@@ -88,9 +101,13 @@ class _Run:
 
     def __init__(self, model, train_data, cfg: CompressConfig, val_data, filter_fn, device, progress):
         self.t_start = time.perf_counter()
+        self.rank, self.world = get_rank(), get_world_size()
+        progress = progress and self.rank == 0  # only rank 0 talks
         self.cfg, self.progress = cfg, progress
         self.log = progress_bar(enabled=False).write if progress else (lambda message: None)
         seed_everything(cfg.seed)
+        if device is None and self.world > 1 and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
         self.device = pick_device(device)
         self.precision = resolve_precision(cfg.precision, self.device)
         norm = {} if cfg.mean is None else {"mean": cfg.mean, "std": cfg.std}
@@ -118,10 +135,12 @@ class _Run:
         if cfg.aware:
             from ..recovery.activation_stats import collect_input_stats
 
-            self.stats = collect_input_stats(self.original, self.recovery_images, self.layers,
-                                             progress=self.progress)
+            # rank 0's statistics on every rank: the factors they key must be the same everywhere
+            self.stats = broadcast_object(collect_input_stats(self.original, self.recovery_images, self.layers,
+                                                              progress=self.progress) if self.rank == 0 else None)
         self.base_calib = self.calib.score(self.original)
-        self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max))
+        self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max),
+                                 writable=self.rank == 0)
         self.model_params = sum(p.numel() for p in self.original.parameters())
         self.teacher = self._teacher()
 
@@ -170,14 +189,14 @@ class _Run:
                 "aware": sorted((n, self.cache.stats_hash(st)) for n, st in self.stats.items()) if self.stats
                 else None})
             path = Path(cfg.cache_dir) / f"scores-{key}.json"
-            cached = load_options(path)
+            cached = broadcast_object(load_options(path) if self.rank == 0 else None)  # one decision for all ranks
             if cached is not None and list(cached) == self.layers:
                 self.log(f"candidate scores from {path}")
                 return cached
         options = score_options(self.original, self.layers, cfg.candidate_grid(), score_calib,
                                 score_calib.score(self.original), self.cache, io_shapes, cfg.seed, only=only,
                                 stats=self.stats, progress=self.progress)
-        if path is not None:
+        if path is not None and self.rank == 0:
             save_options(path, options)
         return options
 
@@ -289,7 +308,8 @@ class _Run:
         if fallback or not within:
             if cfg.strict:
                 raise BudgetNotMetError(verdict, plan)
-            warnings.warn(f"mtd.compress: {verdict}", RuntimeWarning, stacklevel=3)
+            if self.rank == 0:
+                warnings.warn(f"mtd.compress: {verdict}", RuntimeWarning, stacklevel=3)
         return model, plan
 
     def _teacher_summary(self) -> dict:
@@ -326,21 +346,44 @@ class _Run:
             if s.method == "dense":
                 continue
             module = get_module(self.original, name)
-            factors = self.cache.factors(module.weight, s.method, s.candidate.ranks, self.cfg.seed,
-                                         warm_chain(s.candidate, _candidate_list(self.options, name)),
-                                         stats=self.stats[name] if self.stats else None)
-            replace_module(model, name, build_layer(module, s.method, factors, backend="torch"))
+            replace_module(model, name, build_layer(module, s.method, self._factors(name, s), backend="torch"))
         if self.cfg.reconstruct and any(s.method != "dense" for s in a.values()):
             cfg = ReconstructionConfig(images=self.cfg.recovery_images, steps=self.cfg.reconstruct_steps)
             reconstruct(model, self.original, self.recovery_images, cfg, seed=self.cfg.seed)
+            sync_module(model)  # the ranks fitted the same layers; rounding aside, rank 0's on every rank
         if any(s.method != "dense" for s in a.values()):
             recalibrate_batchnorm(model, self._finetune_loader(self.cfg.seed), precision=self.precision)
+            average_batchnorm_stats(model)  # each rank estimated them on its shard
         return model
 
+    def _factors(self, name: str, s: Scored):
+        """The factors of layer ``name`` for ``s`` (from the cache, or decomposed). Under a process group they
+        come from the first rank that has them cached, else from the rank that scored the candidate, so that
+        every rank builds the same layer and nothing is decomposed twice."""
+        module = get_module(self.original, name)
+        args = (module.weight, s.method, s.candidate.ranks, self.cfg.seed,
+                warm_chain(s.candidate, _candidate_list(self.options, name)))
+        stats = self.stats[name] if self.stats else None
+        if not is_distributed() or self.world == 1:
+            return self.cache.factors(*args, stats=stats)
+        key, found = self.cache.lookup(*args, stats=stats)
+        have = torch.zeros(self.world)
+        have[self.rank] = found is not None
+        holders = [r for r, h in enumerate(all_reduce_sum(have).tolist()) if h]
+        owners = candidate_owners(self.original, {n: _candidate_list(self.options, n) for n in self.layers},
+                                  self.world)
+        src = holders[0] if holders else owners[(name, s.method)]
+        if self.rank == src and found is None:
+            found = self.cache.factors(*args, stats=stats)
+        found = broadcast_object(found, src)
+        self.cache.put(key, found)
+        return found
+
     def _finetune_loader(self, seed: int):
-        batch = max(1, min(self.cfg.finetune_batch_size, len(self.splits["finetune"])))
+        """This rank's shard of the fine-tuning images (the global batch split over the ranks)."""
+        batch = max(1, min(self.cfg.finetune_batch_size, len(self.splits["finetune"])) // self.world)
         return self.data.loader(self.splits["finetune"], batch, train=True, device=self.device, seed=seed,
-                                views=self._views or None)
+                                views=self._views or None, rank=self.rank, world_size=self.world)
 
     def _teacher(self) -> nn.Module:
         """What every fine-tune distils from: a bank of the original's outputs per (image, view) where the data
@@ -368,11 +411,16 @@ class _Run:
         from ..train.finetune import cp_factor_lr_scales, finetune
 
         cfg = self.cfg
-        finetune(model, self._finetune_loader(seed), epochs=epochs, lr=cfg.finetune_lr,
+        trained = model
+        if self.world > 1:  # gradients averaged over the ranks' shards; scoring and the bank see the plain model
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        finetune(trained, self._finetune_loader(seed), epochs=epochs, lr=cfg.finetune_lr,
                  teacher=self.teacher if cfg.teacher_kd else None, max_grad_norm=cfg.max_grad_norm,
                  lr_scales=cp_factor_lr_scales(model, cfg.cp_lr_scale),
-                 eval_fn=lambda m: self.calib.score(m).accuracy, max_steps=max_steps, seed=seed,
+                 eval_fn=lambda m: self.calib.score(model).accuracy, max_steps=max_steps, seed=seed,
                  progress=self.progress and max_steps is None, log_fn=self.log, precision=self.precision)
+        sync_module(model)  # BatchNorm buffers of the last steps differ between ranks: rank 0's everywhere
         if isinstance(self.teacher, TeacherBank):
             self.teacher.save()
 

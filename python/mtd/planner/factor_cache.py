@@ -31,12 +31,14 @@ def weight_hash(weight: torch.Tensor) -> str:
 
 
 class FactorCache:
-    """In-memory (and optional on-disk) cache of decompositions."""
+    """In-memory (and optional on-disk) cache of decompositions. ``writable=False`` reads the folder but never
+    writes to it (the ranks of a process group other than rank 0)."""
 
     def __init__(self, cache_dir: Optional[str | Path] = None,
-                 settings: DecompositionSettings = DecompositionSettings()):
+                 settings: DecompositionSettings = DecompositionSettings(), *, writable: bool = True):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.settings = settings
+        self.writable = writable
         self._memory: dict[tuple, Any] = {}
         self._stats_hashes: dict[int, tuple[Any, str]] = {}
         self.hits = 0
@@ -50,27 +52,51 @@ class FactorCache:
         refined by it."""
         entry = methods.get(method)
         whash = whash or weight_hash(weight)
+        key = self._key(weight, method, ranks, seed, warm_start, whash, stats)
+        result = self._cached(key)
+        if result is not None:
+            return result
+        self.misses += 1
+        ranks, warm_start = key[2], key[4]
+        if key[6] is not None:  # activation-aware
+            start = self.factors(weight, method, ranks, seed, warm_start, whash)
+            result = entry.aware(weight, ranks, stats, start=start)
+        else:
+            init = "svd"
+            if warm_start:
+                init = self.factors(weight, method, warm_start[-1:], seed, warm_start[:-1], whash)
+            result = entry.decompose(weight, ranks, seed=seed, init=init, settings=self.settings)
+        self.put(key, result)
+        return result
+
+    def lookup(self, weight: torch.Tensor, method: str, ranks: Sequence[int], seed: int = 0,
+               warm_start: Sequence[int] = (), stats: Any = None) -> tuple[tuple, Any]:
+        """``(key, factors)`` when memory or the folder holds them, ``(key, None)`` otherwise (nothing computed)."""
+        key = self._key(weight, method, ranks, seed, warm_start, None, stats)
+        return key, self._cached(key)
+
+    def put(self, key: tuple, result: Any) -> None:
+        """Keep ``result`` under ``key`` (a :meth:`lookup` key) in memory, and in the folder if writable."""
+        if key not in self._memory:
+            self._store(key, result)
+        self._memory[key] = result
+
+    def _key(self, weight, method, ranks, seed, warm_start, whash, stats) -> tuple:
+        entry = methods.get(method)
         ranks, warm_start = tuple(int(r) for r in ranks), tuple(int(r) for r in warm_start)
         if warm_start and not entry.warm_starts:
             raise ValueError(f"method {method!r} does not warm-start from higher ranks; got warm_start {warm_start}")
         aware = stats is not None and entry.aware is not None
-        key = (whash, method, ranks, seed, warm_start, self.settings, self.stats_hash(stats) if aware else None)
+        return (whash or weight_hash(weight), method, ranks, seed, warm_start, self.settings,
+                self.stats_hash(stats) if aware else None)
+
+    def _cached(self, key: tuple) -> Any:
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
         result = self._load(key)
-        if result is None:
-            self.misses += 1
-            if aware:
-                start = self.factors(weight, method, ranks, seed, warm_start, whash)
-                result = entry.aware(weight, ranks, stats, start=start)
-            else:
-                init = "svd"
-                if warm_start:
-                    init = self.factors(weight, method, warm_start[-1:], seed, warm_start[:-1], whash)
-                result = entry.decompose(weight, ranks, seed=seed, init=init, settings=self.settings)
-            self._store(key, result)
-        self._memory[key] = result
+        if result is not None:
+            self._memory[key] = result
         return result
 
     def stats_hash(self, stats: Any) -> str:
@@ -107,7 +133,7 @@ class FactorCache:
 
     def _store(self, key: tuple, result: Any) -> None:
         path = self._path(key)
-        if path is None:
+        if path is None or not self.writable:
             return
         with atomic_write(path, "wb") as f:
             torch.save(dataclasses.asdict(result), f)

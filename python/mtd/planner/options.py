@@ -15,7 +15,8 @@ from torch import nn
 from .. import methods
 from ..utils import atomic_write, progress_bar
 from .candidates import Candidate, CandidateGrid, layer_candidates
-from .factor_cache import FactorCache, weight_hash
+from ..train.distributed import all_reduce_sum, get_rank, get_world_size
+from .factor_cache import FactorCache
 from .layer_factory import build_layer, dense_cost, layer_cost
 from .select import Scored
 from .sensitivity import Calibration, Score, sensitivity
@@ -52,41 +53,69 @@ def record_io_shapes(model: nn.Module, names: list[str], sample: torch.Tensor) -
     return shapes
 
 
+def candidate_owners(model: nn.Module, per_layer: dict[str, list[Candidate]], world: int) -> dict[tuple, int]:
+    """``{(layer, method): rank}``: which rank decomposes and scores a layer's candidates of one method under a
+    process group of ``world`` ranks. A method's candidates stay together (CP's lower ranks warm-start from its
+    higher ones); groups go, largest first, to the least loaded rank (load ~ weight size x candidates)."""
+    groups: dict[tuple, int] = {}
+    for name, cands in per_layer.items():
+        size = model.get_submodule(name).weight.numel()
+        for cand in cands:
+            groups[(name, cand.method)] = groups.get((name, cand.method), 0) + size
+    load, owners = [0] * world, {}
+    for group, cost in sorted(groups.items(), key=lambda item: -item[1]):  # stable: ties keep layer order
+        rank = min(range(world), key=lambda r: load[r])
+        owners[group], load[rank] = rank, load[rank] + cost
+    return owners
+
+
 def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, calib: Calibration, base: Score,
                   cache: FactorCache, io_shapes: dict[str, tuple], seed: int, *,
                   only: Optional[Callable[[str, nn.Module], list[Candidate]]] = None,
                   stats: Optional[dict] = None, progress: bool = True) -> dict[str, list[Scored]]:
     """``{layer: [Scored dense, Scored candidates...]}``; ``only`` overrides the candidate list per layer.
     ``stats``: ``{layer: InputStats}``: candidates are decomposed activation-aware where their method has a
-    variant (the factors the compressed model is then built from)."""
+    variant (the factors the compressed model is then built from).
+
+    Under a process group every rank calls it; each decomposes and scores the candidates
+    :func:`candidate_owners` gives it, and the scores are gathered: every rank returns the same options, each
+    exactly as one process would have scored it."""
     per_layer = {}
     for name in layers:
         module = model.get_submodule(name)
         per_layer[name] = only(name, module) if only else layer_candidates(module, grid)
-    total = sum(len(c) for c in per_layer.values())
-    bar = progress_bar(total=total, desc="scoring candidates", enabled=progress, unit="cand")
-    options: dict[str, list[Scored]] = {}
+    owners = candidate_owners(model, per_layer, get_world_size())
+    rank = get_rank()
+    flat = [(name, cand, cands) for name, cands in per_layer.items() for cand in cands]
+    mine = [row for row, (name, cand, _) in enumerate(flat) if owners[(name, cand.method)] == rank]
+    rows = torch.zeros(len(flat), 5, dtype=torch.float64)  # per candidate: params, macs, rel_error, loss, accuracy
+    bar = progress_bar(total=len(mine), desc="scoring candidates", enabled=progress, unit="cand")
     try:
-        for name, cands in per_layer.items():
+        for row in mine:
+            name, cand, cands = flat[row]
             module = model.get_submodule(name)
-            in_hw = io_shapes[name][0]
-            whash = weight_hash(module.weight)
-            params, macs = dense_cost(module, in_hw)
-            scored = [Scored(Candidate(methods.DENSE), params, macs)]
-            for cand in cands:
-                bar.set_postfix_str(f"{name} {cand.label()}", refresh=False)
-                factors = cache.factors(module.weight, cand.method, cand.ranks, seed, warm_chain(cand, cands),
-                                        whash=whash, stats=(stats or {}).get(name))
-                layer = build_layer(module, cand.method, factors, backend="torch")
-                p, macs = layer_cost(layer, in_hw)
-                s = Scored(cand, p, macs, rel_error=float(factors.rel_error))
-                d = sensitivity(model, name, layer, calib, base)
-                s.loss, s.accuracy = d["loss"], d["accuracy"]
-                scored.append(s)
-                bar.update(1)
-            options[name] = scored
+            bar.set_postfix_str(f"{name} {cand.label()}", refresh=False)
+            factors = cache.factors(module.weight, cand.method, cand.ranks, seed, warm_chain(cand, cands),
+                                    stats=(stats or {}).get(name))
+            layer = build_layer(module, cand.method, factors, backend="torch")
+            p, macs = layer_cost(layer, io_shapes[name][0])
+            d = sensitivity(model, name, layer, calib, base)
+            rows[row] = torch.tensor([p, macs, float(factors.rel_error), d["loss"], d["accuracy"]],
+                                     dtype=torch.float64)
+            bar.update(1)
     finally:
         bar.close()
+    all_reduce_sum(rows)  # every rank's rows (no-op alone)
+    options: dict[str, list[Scored]] = {}
+    values = iter(rows.tolist())
+    for name, cands in per_layer.items():
+        params, macs = dense_cost(model.get_submodule(name), io_shapes[name][0])
+        options[name] = [Scored(Candidate(methods.DENSE), params, macs)]
+        for cand in cands:
+            p, macs, rel_error, loss, accuracy = next(values)
+            s = Scored(cand, int(p), int(macs), rel_error=rel_error)
+            s.loss, s.accuracy = loss, accuracy
+            options[name].append(s)
     return options
 
 

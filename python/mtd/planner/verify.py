@@ -11,13 +11,16 @@ the promise at the stated confidence.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from statistics import NormalDist
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..train.distributed import all_reduce_sum, get_rank, get_world_size
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,29 @@ class Verification:
 
 
 @torch.no_grad()
-def correct_mask(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Bool per image: is the model's top-1 prediction right (eval mode; the mode is restored)."""
+def correct_mask(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Bool per image: is the model's top-1 prediction right (eval mode; the mode is restored).
+
+    Under a process group every rank calls it with the same model: rank r runs batches r, r + world, ... and
+    the per-image answers are gathered, so every rank holds the whole mask, image for image as one process
+    would (the paired verdict is then exactly one process's)."""
+    if not batches:
+        raise ValueError("cannot verify a model on an empty set of images")
+    world, rank = get_world_size(), get_rank()
+    sizes = [int(y.numel()) for _, y in batches]
+    starts = [0, *itertools.accumulate(sizes)]
+    mask = torch.zeros(starts[-1], dtype=torch.int32)
     was_training = model.training
     model.eval()
     try:
-        out = [model(x).argmax(1) == y for x, y in batches]
+        for i in range(rank, len(batches), world):
+            x, y = batches[i]
+            mask[starts[i]:starts[i] + sizes[i]] = (model(x).argmax(1) == y).to("cpu", torch.int32)
     finally:
         model.train(was_training)
-    if not out:
-        raise ValueError("cannot verify a model on an empty set of images")
-    return torch.cat(out).cpu()
+    if world > 1:
+        all_reduce_sum(mask)
+    return mask.bool()
 
 
 def verify(model: nn.Module, batches: list, base_correct: torch.Tensor, max_drop: Optional[float],

@@ -22,6 +22,10 @@ so that each layer also undoes part of the error its predecessors left. Per laye
 Works on any ``nn.Module`` (hooks, not indices). BatchNorm is left as it is: the targets are the original
 layer's outputs, so the original statistics stay valid; callers re-estimate it afterwards if they wish.
 
+Under a process group every rank calls it with the same images and captures its share of them (image i of
+each batch on rank i mod world): the Gram matrices of the solve, the errors and every Adam step's gradients
+(each rank's mini-batch a share of the global one) are summed over the ranks, so every rank makes the same fit.
+
 Measured on full-width VGG11 at the 35x plan of ``cifar_cpu_full`` (3,000 test images, baseline 82.27%; 2-core
 AMD EPYC, AVX2, loaded by other jobs), without / with BatchNorm re-estimated afterwards. From
 ``benchmarks/studies/recovery_vgg11.py``: weight-only factors - / 74.20%, the defaults (512 images,
@@ -42,6 +46,7 @@ import torch
 from torch import nn
 
 from ..layers._factorized import FactorizedModule
+from ..train.distributed import all_reduce_sum, get_rank, get_world_size
 from ..layers.base import FactorizedConv2d
 from ..layers.low_rank_linear import LowRankLinear
 from ..utils import progress_bar
@@ -187,12 +192,13 @@ def _reconstruct_layer(compressed: nn.Module, original: nn.Module, name: str, ba
         raise TypeError(f"layer {name!r} is a {type(layer).__name__}, not a decomposed layer")
     if isinstance(layer, FactorizedConv2d) and layer.relu:
         raise ValueError(f"layer {name!r} has a fused ReLU; reconstruct before prepare_inference")
-    # how many images fit in max_bytes: measured on the first batch
-    x0 = capture(compressed, name, batches[:1], output=False)
-    y0 = capture(original, name, batches[:1], output=True)
+    # how many images fit in max_bytes: measured on the first image (under a process group, on every rank)
+    x0 = capture(compressed, name, [batches[0][:1]], output=False)
+    y0 = capture(original, name, [batches[0][:1]], output=True)
     per_image = (x0[0].numel() + y0[0].numel()) * 4
     limit = max(1, min(config.images, config.max_bytes // per_image))
-    use = list(_first_images(batches, limit))
+    use = [b[get_rank()::get_world_size()] for b in _first_images(batches, limit)]  # this rank's share
+    use = [b for b in use if b.shape[0]]
     x = capture(compressed, name, use, output=False)  # (N, S, H, W) or (N, in): the compressed prefix's input
     y = capture(original, name, use, output=True)  # (N, T, Ho, Wo) or (N, out): the original layer's output
     device = next(layer.parameters()).device
@@ -221,12 +227,13 @@ def _chunks(n: int, size: int = 64) -> Iterable[slice]:
 @torch.no_grad()
 def _relative_error(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
     """||layer(x) - y|| / ||y|| over all captured images."""
-    num = den = 0.0
+    sums = torch.zeros(2, dtype=torch.float64)  # squared error, squared target
     dtype = next(layer.parameters()).dtype
     for s in _chunks(x.shape[0]):
         yb = y[s].to(device, torch.float64)
-        num += float(((layer(x[s].to(device, dtype)).double() - yb) ** 2).sum())
-        den += float((yb ** 2).sum())
+        sums[0] += float(((layer(x[s].to(device, dtype)).double() - yb) ** 2).sum())
+        sums[1] += float((yb ** 2).sum())
+    num, den = all_reduce_sum(sums).tolist()  # over the ranks' shares (no-op alone)
     return math.sqrt(num / den) if den > 0 else float("inf")
 
 
@@ -258,6 +265,8 @@ def _solve_last(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, ridge: float
             z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=device)], 1)
         gram += z.T @ z
         cross += yb.T @ z
+    all_reduce_sum(gram)
+    all_reduce_sum(cross)
     scale = float(torch.diagonal(gram).mean())
     if not math.isfinite(scale) or scale <= 0:
         return
@@ -276,16 +285,23 @@ def _adam_steps(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Reco
     optimizer = torch.optim.Adam(params, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
     dtype = params[0].dtype
-    scale = float((y.double() ** 2).mean())
+    world = get_world_size()
+    moments = all_reduce_sum(torch.tensor([float((y.double() ** 2).sum()), y.numel()], dtype=torch.float64))
+    scale = float(moments[0] / moments[1])
     if scale <= 0:
         return
     n = x.shape[0]
+    batch = min(max(1, config.batch_size // world), n)  # each rank's share of the global mini-batch
     with torch.enable_grad():
         for _ in range(config.steps):
-            idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
+            idx = torch.randint(0, n, (batch,), generator=generator)
             xb, yb = x[idx].to(device, dtype), y[idx].to(device, dtype)
             loss = torch.mean((layer(xb) - yb) ** 2) / scale
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:  # the mean over the ranks' mini-batches
+                for p in params:
+                    if p.grad is not None:
+                        all_reduce_sum(p.grad).div_(world)
             optimizer.step()
             scheduler.step()

@@ -14,7 +14,7 @@ from torch import nn
 from ..models.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint, unwrap_model
 from ..utils.progress import progress_bar
 from ..utils.seeding import get_rng_state, seed_everything, set_rng_state
-from .distributed import all_reduce_sum, barrier, is_main_process
+from .distributed import all_reduce_sum, barrier, get_world_size, is_main_process
 from ..utils.precision import Precision, resolve_precision
 from .evaluate import evaluate, model_device
 from .losses import distillation_loss
@@ -139,8 +139,8 @@ def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd
             logits = model(images)
         loss = distillation_loss(logits, labels, teacher_logits, alpha=kd_alpha, temperature=kd_temperature,
                                  label_smoothing=label_smoothing)
-        if divergence_factor is not None:
-            value = float(loss.detach())
+        if divergence_factor is not None:  # under DDP on the ranks' mean loss: every rank takes the same branch
+            value = float(all_reduce_sum(loss.detach().double().reshape(1).clone()) / get_world_size())
             if not math.isfinite(value) or (len(reference) >= 5 and value > divergence_factor * sum(reference)
                                             / len(reference)):
                 raise DivergenceError(f"loss {value:.4g} at a step of {bar_desc} (reference "

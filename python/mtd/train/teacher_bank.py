@@ -23,9 +23,11 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..utils.atomic import atomic_write
+from .distributed import get_rank, get_world_size
 from ..utils.precision import Precision, resolve_precision
 
 FORMAT = "mtd-teacher-bank-1"
@@ -63,6 +65,7 @@ class TeacherBank(nn.Module):
         self.filled = torch.zeros(num_keys, dtype=torch.bool)
         self.hits = self.misses = 0  # images served from the bank / run through the teacher
         self._dirty = False
+        self._new_rows: list[torch.Tensor] = []  # rows this process computed since it last shared them
         if self.path is not None and self.path.is_file():
             self._load()
 
@@ -99,6 +102,8 @@ class TeacherBank(nn.Module):
             self.logits[rows] = out.to("cpu", torch.float16)
             self.filled[rows] = True
             self._dirty = True
+            if get_world_size() > 1:  # shared with rank 0 at save()
+                self._new_rows.append(rows)
         self.misses += n_missing
         self.hits += len(keys) - n_missing
         return self.logits[keys].to(x.device, torch.float32)
@@ -109,14 +114,43 @@ class TeacherBank(nn.Module):
 
     # -- persistence --------------------------------------------------------------------------------------
     def save(self) -> bool:
-        """Write the bank to ``path`` (atomically) if it has outputs it did not load; returns whether it wrote."""
-        if self.path is None or not self._dirty or self.logits is None:
+        """Write the bank to ``path`` (atomically) if it has outputs it did not load; returns whether it wrote.
+
+        Under a process group every rank calls it: the rows each rank computed for its shard are gathered on rank
+        0, which alone writes."""
+        if self.path is None:
+            return False
+        if get_world_size() > 1:
+            self._gather_on_main()
+            if get_rank() != 0:
+                self._dirty = False
+                return False
+        if not self._dirty or self.logits is None:
             return False
         with atomic_write(self.path) as handle:
             np.savez(handle, format=np.array(FORMAT), key=np.array(self.key), logits=self.logits.numpy(),
                      filled=self.filled.numpy())
         self._dirty = False
         return True
+
+    def _gather_on_main(self) -> None:
+        """Rank 0 receives the rows the other ranks computed since they last shared them (collective)."""
+        rows = torch.cat(self._new_rows) if self._new_rows else torch.zeros(0, dtype=torch.int64)
+        self._new_rows = []
+        mine = (rows, self.logits[rows] if self.logits is not None else None)
+        parts = [None] * get_world_size() if get_rank() == 0 else None
+        dist.gather_object(mine, parts, dst=0)
+        if get_rank() != 0:
+            return
+        for rows, logits in parts[1:]:
+            if logits is None or not rows.numel():
+                continue
+            if self.logits is None:
+                self.logits = torch.zeros(self.num_keys, logits.shape[1], dtype=torch.float16)
+            new = ~self.filled[rows]
+            self.logits[rows[new]] = logits[new]
+            self.filled[rows[new]] = True
+            self._dirty = self._dirty or bool(new.any())
 
     def _load(self) -> None:
         try:
