@@ -11,6 +11,7 @@ then again over the same views (a repeated fine-tune: bank hits), precision "aut
 for each other every step).
 
     python benchmarks/distributed_finetune.py [--rounds 2] [--images 50000]
+    python benchmarks/distributed_finetune.py --render      # the .md again from the .json
 """
 from __future__ import annotations
 
@@ -40,10 +41,16 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=50_000)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a JSON file a run writes its times to
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.render:
+        results = json.loads((Path(args.out) / "distributed_finetune.json").read_text())
+        (Path(args.out) / "distributed_finetune.md").write_text(markdown(results))
+        print(markdown(results))
+        return 0
     results = {"machine": bu.machine_info(), "images": args.images, "global_batch": BATCH, "rows": []}
     times: dict[str, list[dict]] = {name: [] for name, _, _ in CONFIGS}
     for r in range(args.rounds):
@@ -117,8 +124,8 @@ def worker(args) -> int:
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = ["# One fine-tuning epoch: 1 process x 2 threads vs 2 processes x 1 thread (DDP)", "",
-             f"{m['cpu']} ({m['avx']}, {m['cores']} cores), torch {m['torch']}; VGG11 38x student distilled from "
-             f"dense VGG11 through a teacher bank, {results['images']} images, global batch "
+             f"{m['cpu']} ({', '.join(m['cpu_features'])}; {m['cores']} cores), torch {m['torch']}; VGG11 38x "
+             f"student distilled from dense VGG11 through a teacher bank, {results['images']} images, global batch "
              f"{results['global_batch']}, precision auto; median of {len(results['rows'][0]['rounds'])} "
              "alternating rounds (`python benchmarks/distributed_finetune.py`).", "",
              "| configuration | first fine-tune epoch (s) | repeated epoch, bank hits (s) | first epoch, time vs 1 process |",
@@ -126,6 +133,9 @@ def markdown(results: dict) -> str:
     for r in results["rows"]:
         lines.append(f"| {r['config']} | {r['first_epoch_s']:.1f} | {r['repeated_epoch_s']:.1f} | "
                      f"{r['first_vs_one_process']:.2f}x |")
+    lines += ["", "Each round, first / repeated epoch (s): " + "; ".join(
+        f"{r['config']}: " + ", ".join(f"{t['first_s']:.1f} / {t['repeated_s']:.1f}" for t in r["rounds"])
+        for r in results["rows"]) + "."]
     return "\n".join(lines) + "\n"
 
 
