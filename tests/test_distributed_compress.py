@@ -201,3 +201,14 @@ def test_torchrun_runs_the_command_and_a_failing_rank_stops_the_job(tmp_path):
     assert failed.returncode != 0
     assert "rank 1 cannot build its model" in failed.stderr + failed.stdout
     assert not (tmp_path / "out2" / "plan.json").exists()
+
+
+def test_torchrun_trains_a_baseline_through_ddp(tmp_path, tiny_cifar):
+    done = _torchrun(tmp_path, "train", "--data", str(tiny_cifar), "--model", "vgg11", "--width", "0.125",
+                     "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "vgg.pt"), "--quiet",
+                     "--cache-dir", str(tmp_path / "cache"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained vgg11") == 1  # only rank 0 prints
+    from mtd.models import load_model
+
+    assert load_model(str(tmp_path / "vgg.pt")) is not None

@@ -1,7 +1,11 @@
 """Shared CLI helpers: user-facing errors, data and checkpoint loading, result folders."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -179,13 +183,15 @@ def _one_line(err: BaseException) -> str:
 
 
 def data_loaders(arrays, batch_size: int, device, seed: int = 0, channels_last: bool = False,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
-    """(train loader, test loader) over the whole data set (CIFAR-10's mean/std unless given)."""
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 rank: int = 0, world_size: int = 1):
+    """(train loader, test loader) over the whole data set (CIFAR-10's mean/std unless given); ``rank`` /
+    ``world_size``: the training loader yields this rank's shard."""
     from ..data import CIFAR10_MEAN, CIFAR10_STD, TensorDataLoader
 
     norm = dict(mean=mean or CIFAR10_MEAN, std=std or CIFAR10_STD)
     train = TensorDataLoader(arrays.train_x, arrays.train_y, batch_size, train=True, device=device,
-                             channels_last=channels_last, seed=seed, **norm)
+                             channels_last=channels_last, seed=seed, rank=rank, world_size=world_size, **norm)
     test = TensorDataLoader(arrays.test_x, arrays.test_y, 500, train=False, device=device,
                             channels_last=channels_last, **norm)
     return train, test
@@ -199,3 +205,20 @@ def parse_floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise CLIError(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def under_torchrun(command: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace) -> int:
+    """``command(args, device)``; under ``torchrun`` (WORLD_SIZE > 1) in the process group it describes (NCCL
+    on GPUs, gloo on CPUs, this rank's device), rank 0 alone printing, the group left at the end."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return command(args, None)
+    from ..train.distributed import cleanup, init_distributed
+
+    info = init_distributed(device=args.device)
+    try:
+        if info.is_main:
+            return command(args, info.device)
+        with contextlib.redirect_stdout(io.StringIO()):  # the other ranks work silently
+            return command(args, info.device)
+    finally:
+        cleanup()

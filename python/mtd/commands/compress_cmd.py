@@ -11,13 +11,11 @@ tiny candidate grid; seconds), which CI uses to check that a fresh ``pip install
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import os
 import time
 from pathlib import Path
 
-from .common import CLIError, add_model_args, data_loaders, is_builder_spec, load_baseline, load_data, parse_floats
+from .common import (CLIError, add_model_args, data_loaders, is_builder_spec, load_baseline, load_data, parse_floats,
+                     under_torchrun)
 from .train_cmd import DEFAULT_MODEL, DEFAULT_WIDTH, add_common, train_baseline
 
 QUICK_TRAIN_EPOCHS = 3
@@ -148,23 +146,12 @@ def check_options(options: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command; under ``torchrun`` (WORLD_SIZE > 1) every rank runs it, the work split by ``mtd.compress``,
-    and only rank 0 prints and writes."""
-    from ..train.distributed import cleanup, init_distributed
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _run(args)
-    info = init_distributed(device=args.device)
-    try:
-        if info.is_main:
-            return _run(args, info.device)
-        with contextlib.redirect_stdout(io.StringIO()):  # the other ranks work silently
-            return _run(args, info.device)
-    finally:
-        cleanup()
+    """The command; under ``torchrun`` every rank runs it, the work split by ``mtd.compress``, and only rank 0
+    prints and writes."""
+    return under_torchrun(_run, args)
 
 
-def _run(args: argparse.Namespace, device=None) -> int:
+def _run(args: argparse.Namespace, device) -> int:
     from ..train import evaluate
     from ..train.distributed import is_main_process
     from ..utils import pick_device

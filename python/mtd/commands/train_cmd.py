@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..utils.precision import PRECISIONS
-from .common import CLIError, data_loaders, load_data
+from .common import CLIError, data_loaders, load_data, under_torchrun
 
 DEFAULT_MODEL, DEFAULT_WIDTH = "vgg11", 0.25
 
@@ -50,39 +50,58 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
 
     from ..models import build_model, save_checkpoint
     from ..train import evaluate, train
-    from ..train.distributed import is_main_process, sync_module
+    from ..train.distributed import get_rank, get_world_size, is_main_process, sync_module
     from ..utils import seed_everything
+    from ..utils.precision import resolve_precision
 
     seed_everything(seed)  # the initial weights too: the same seed gives the same baseline in every process
     try:
         model = build_model(model_name, num_classes=len(arrays.classes), width=width).to(device)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
-    train_loader, test_loader = data_loaders(arrays, batch_size, device, seed)
+    world, rank = get_world_size(), get_rank()
+    if batch_size < world:
+        raise CLIError(f"--batch-size {batch_size} is smaller than the {world} processes sharing it")
+    # under torchrun: DDP, each rank its shard and an equal part of the global batch
+    train_loader, test_loader = data_loaders(arrays, batch_size // world, device, seed, rank=rank, world_size=world)
+    net = model
+    if world > 1:
+        if resolve_precision(precision, device).channels_last:  # before wrapping: DDP syncs what it sees
+            model = model.to(memory_format=torch.channels_last)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
     t0 = time.perf_counter()
     try:
-        train(model, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision,
+        train(net, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision,
               checkpoint_path=state, resume=resume, log_fn=None if progress else print)  # quiet: a line an epoch
     except ValueError as err:  # a state file of another run, or not a training state at all
         raise CLIError(str(err)) from None
     seconds = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format)  # train() may have made it channels_last
     acc = 100.0 * evaluate(model, test_loader)["accuracy"]
-    if is_main_process():  # under torchrun every rank trained the same model (same seed); rank 0 writes it
+    if is_main_process():  # under torchrun rank 0 writes
         save_checkpoint(out, model, extra={"test_accuracy": acc, "epochs": epochs})
-    return sync_module(model), acc, seconds
+    return sync_module(model), acc, seconds  # BatchNorm buffers: rank 0's everywhere
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command; under ``torchrun`` DDP over the processes, rank 0 printing and writing."""
+    return under_torchrun(_run, args)
+
+
+def _run(args: argparse.Namespace, device) -> int:
     from ..utils import pick_device
 
-    device = pick_device(args.device)
+    device = device or pick_device(args.device)
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
     state = args.state or f"{args.out}.state"
     if args.resume and not Path(state).is_file():
         print(f"--resume: no training state at {state}; starting from epoch 1")
-    arrays = load_data(args.data, args.cache_dir, progress=not args.quiet)
+    from ..train.distributed import is_main_process, main_process_first
+
+    with main_process_first():  # rank 0 decodes into the cache, the others read it
+        arrays = load_data(args.data, args.cache_dir, progress=not args.quiet and is_main_process())
     _, acc, seconds = train_baseline(arrays, args.model, args.width, args.epochs, args.lr, args.batch_size,
                                      device, args.seed, not args.quiet, args.out, args.precision, state,
                                      args.resume)
