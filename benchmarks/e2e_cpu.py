@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -58,7 +58,7 @@ import mtd  # noqa: E402
 from mtd.layers import CPConv2d, TuckerConv2d, get_module, prepare_inference, replace_module  # noqa: E402
 from mtd.planner.layer_factory import empty_layer  # noqa: E402
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa: E402
-from mtd.report.latency import RUNTIMES, runtime_sessions, runtime_versions  # noqa: E402
+from mtd.report.latency import RUNTIMES, interleaved_times, runtime_sessions, runtime_versions  # noqa: E402
 
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
 KINDS = ("cp", "tucker", "mix")  # and "plan-<model>" for each --plan-from
@@ -156,17 +156,7 @@ def runtime_variants(model: nn.Module, x: torch.Tensor, folder: str, threads: in
 
 def measure(variants: Dict[str, Callable], x: torch.Tensor, rounds: int, calls: int) -> Dict[str, List[float]]:
     """Per variant, the ms per call of each round; the rounds interleave the variants."""
-    times: Dict[str, List[float]] = {name: [] for name in variants}
-    for fn in variants.values():  # warm-up: compilation, oneDNN primitives, mtd's per-shape path choice
-        fn(x)
-        fn(x)
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn(x)
-            times[name].append((time.perf_counter() - t0) * 1e3 / calls)
-    return times
+    return interleaved_times({name: functools.partial(fn, x) for name, fn in variants.items()}, rounds, calls)
 
 
 def check_outputs(variants: Dict[str, Callable], x: torch.Tensor) -> Dict[str, float]:

@@ -95,8 +95,14 @@ def runtime_versions() -> dict[str, str]:
 
 
 def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, float]:
-    """Median over ``rounds`` of the mean ms of ``calls`` calls, each round running every callable in turn (load
-    changes hit all alike), after two warm-up calls each (oneDNN primitives, mtd's per-shape path choice)."""
+    """Median over ``rounds`` of the mean ms of ``calls`` calls (:func:`interleaved_times`)."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, rounds, calls).items()}
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, list[float]]:
+    """Per callable, the mean ms of ``calls`` calls in each of ``rounds`` rounds, each round running every
+    callable in turn (load changes hit all alike), after two warm-up calls each (oneDNN primitives, mtd's
+    per-shape path choice)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
@@ -107,7 +113,7 @@ def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -
             for _ in range(calls):
                 fn()
             times[name].append((time.perf_counter() - t0) * 1e3 / calls)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 @torch.no_grad()
