@@ -75,6 +75,15 @@ def worker(rank, port, folder, model_state):
     from mtd.train.distributed import cleanup, init_distributed
 
     init_distributed(backend="gloo")
+    if rank > 0:  # only rank 0 writes: every library write ends in os.replace (mtd.utils.atomic)
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(folder) in str(dst):
+                raise AssertionError(f"rank {rank} wrote {dst}")
+            return real_replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
     model = make_model_from(model_state)
     out = run_compress(model, os.path.join(folder, "cache-dist"))
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
