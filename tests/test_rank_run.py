@@ -63,6 +63,43 @@ def test_packed_factors_serve_every_input_shape():
         assert rel_err(got, reference.rank_run_ref(xi, weights, meta, [])) <= TOL[torch.float64]
 
 
+def test_activation_buffers_are_reused_safely_across_shapes_runs_and_threads():
+    """The activations between bridges live in per-thread buffers reused by later calls: results stay right when
+    the shapes change and back, a result handed out is never overwritten by a later call, another run of the
+    same shapes on the same thread gets right answers, and two threads running at once do not share buffers."""
+    import threading
+
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float64)
+    other = make_run_args("vgg-start", torch.float64, seed=7)
+    pk, pk_other = mtd_kernels.rank_run_pack(weights, meta), mtd_kernels.rank_run_pack(other[1], other[2])
+    kept = []
+    for n in (2, 1, 3, 2, 2):
+        xi = torch.randn(n, x.shape[1], 13, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        got = torch.ops.mtd.rank_run(xi, weights, meta, pk)
+        assert rel_err(got, reference.rank_run_ref(xi, weights, meta, [])) <= TOL[torch.float64]
+        kept.append((got, got.clone()))
+        alt = torch.ops.mtd.rank_run(xi, other[1], other[2], pk_other)  # the same shapes, other weights
+        assert rel_err(alt, reference.rank_run_ref(xi, other[1], other[2], [])) <= TOL[torch.float64]
+    assert all(torch.equal(got, copy) for got, copy in kept)
+
+    errors = []
+
+    def worker(seed):
+        g = torch.Generator().manual_seed(seed)
+        for n in (1, 4, 2) * 3:
+            xi = torch.randn(n, x.shape[1], 13, 11, dtype=torch.float64, generator=g)
+            xi = xi.contiguous(memory_format=torch.channels_last)
+            errors.append(rel_err(torch.ops.mtd.rank_run(xi, weights, meta, pk),
+                                  reference.rank_run_ref(xi, weights, meta, [])))
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 18 and max(errors) <= TOL[torch.float64]
+
+
 def test_bfloat16_runs_each_bridge_chain():
     """The fused kernel takes float32/64; a bf16 run goes bridge by bridge through the ATen chain."""
     x, weights, meta, _ = make_run_args("batch1-tail", torch.bfloat16)

@@ -38,11 +38,16 @@ struct BridgeShape {
   bool pool;
 };
 
+// `reuse`: a channels_last tensor of the output's shape and dtype to write into (torch.ops.mtd.rank_run's
+// activation buffers), or undefined to allocate the output.
 template <typename T, typename Middle>
 at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const Window& g, const Pointwise<T>* last,
-                        const T* bias, const Pointwise<T>* next, const BridgeShape& s, bool relu) {
+                        const T* bias, const Pointwise<T>* next, const BridgeShape& s, bool relu,
+                        at::Tensor reuse = at::Tensor()) {
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, R1) pixel-major
-  at::Tensor out = at::empty({s.n, s.r_out, s.hp, s.wp}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = reuse.defined() ? std::move(reuse)
+                                   : at::empty({s.n, s.r_out, s.hp, s.wp},
+                                               x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t r1 = mid.r1, r2 = mid.r2, t = s.t, rn = s.r_out;
