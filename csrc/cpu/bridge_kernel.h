@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cpu/fused_common.h"
 #include "cpu/pointwise.h"
@@ -38,6 +39,73 @@ struct BridgeShape {
   bool pool;
 };
 
+// Fewer tasks than threads (batch 1 on a map of at most 16x16: one task an image): instead of leaving threads idle,
+// the bridge runs as three parallel stages over all its pixels, each split where it is widest: the spatial stage
+// over output rows, H = relu(V W_last^T + b) and its pooling over T, and the product with W_next over R.
+// x: the input (N, H, W, R1) pixel-major; out: (N, Hp, Wp, R) pixel-major.
+template <typename T, typename Middle>
+void bridge_wide(const T* xp, T* op, const Middle& mid, const Window& g, const Pointwise<T>* last, const T* bias,
+                 const Pointwise<T>* next, const BridgeShape& s, bool relu, int64_t threads) {
+  const int64_t r1 = mid.r1, r2 = mid.r2, t = s.t, rn = s.r_out;
+  const int64_t rows = s.pool ? 2 * s.hp : g.ho;  // output rows of the spatial stage (an odd last row is dropped)
+  const int64_t p_img = rows * g.wo, p = s.n * p_img, p_o = s.n * s.hp * s.wp;
+  const bool h_out = next == nullptr && !s.pool;  // H is the output itself
+  // V (P, R2) and H (P, T) of every pixel; the pooled H (P_o, T) goes in place over H
+  thread_local std::vector<T> buf;
+  const int64_t v_elems = (p * r2 + 15) & ~int64_t(15), h_elems = last != nullptr && !h_out ? p * t : 0;
+  if (static_cast<int64_t>(buf.size()) < v_elems + h_elems) buf.resize(v_elems + h_elems);
+  T* v = buf.data();
+  T* h = last == nullptr ? v : h_out ? op : v + v_elems;
+  const int64_t ld_h = last == nullptr ? r2 : t;
+
+  // 1. V: the spatial stage, output rows split over the threads (per image)
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, (threads + s.n - 1) / s.n));
+  const int64_t rpc = (rows + chunks - 1) / chunks;
+  at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
+    T* extra = thread_scratch<T>(mid.extra_elems(rpc) + 16);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t img = task / chunks, oh0 = (task % chunks) * rpc, oh1 = std::min(rows, oh0 + rpc);
+      if (oh0 >= oh1) continue;
+      const int64_t lo = g.rows_lo(oh0), rows_in = std::max<int64_t>(0, g.rows_hi(oh1) - lo);
+      T* vt = v + (img * p_img + oh0 * g.wo) * r2;
+      if (rows_in > 0) {
+        mid.run(xp + (img * g.h + lo) * g.w * r1, lo, rows_in, oh0, oh1, extra, vt);
+      } else {
+        std::fill(vt, vt + (oh1 - oh0) * g.wo * r2, T(0));
+      }
+    }
+  });
+  // 2. H = relu(V W_last^T + bias) (or V's own epilogue), then the 2x2 pool: T split over the threads
+  T* pooled = next == nullptr ? op : h;  // (P_o, T): the output, or H's own first rows
+  const int64_t ld_pooled = next == nullptr ? rn : ld_h;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads, (t + 15) / 16));
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const auto [c0, c1] = channel_block(t, blocks, b);
+      if (c0 >= c1) continue;
+      if (last != nullptr) {
+        (*last)(p, v, r2, h + c0, ld_h, c0, c1, false, bias, relu);
+      } else {
+        epilogue(h + c0, p, c1 - c0, ld_h, true, bias != nullptr ? bias + c0 : nullptr, relu);
+      }
+      if (s.pool) {
+        max_pool(h + c0, s.n * rows, g.wo, c1 - c0, ld_h, pooled + c0, ld_pooled);
+      } else if (next == nullptr && h != op) {  // V was the output's channels: copy them out
+        for (int64_t q = 0; q < p; ++q) std::copy(h + q * ld_h + c0, h + q * ld_h + c1, op + q * rn + c0);
+      }
+    }
+  });
+  if (next == nullptr) return;
+  // 3. out (P_o, R) = H W_next^T: R split over the threads
+  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads, (rn + 15) / 16));
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const auto [c0, c1] = channel_block(rn, nblocks, b);
+      (*next)(p_o, pooled, ld_pooled, op + c0, rn, c0, c1, false, nullptr, false);
+    }
+  });
+}
+
 // `reuse`: a channels_last tensor of the output's shape and dtype to write into (torch.ops.mtd.rank_run's
 // activation buffers), or undefined to allocate the output.
 template <typename T, typename Middle>
@@ -66,6 +134,10 @@ at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const Window
   }
   const int64_t cpi = (rows_needed + rpc - 1) / rpc;
   const int64_t tasks = ipt > 1 ? (s.n + ipt - 1) / ipt : s.n * cpi;
+  if (tasks < threads) {
+    bridge_wide<T>(xp, op, mid, g, last, bias, next, s, relu, threads);
+    return out;
+  }
   const int64_t p_max = ipt * rpc * g.wo;  // spatial-stage pixels of a task
   // H chunk of Tc channels; the whole T when it is written straight into the output
   const bool direct = next == nullptr && !s.pool && last != nullptr;
