@@ -106,9 +106,9 @@ class _Run:
         self.cfg, self.progress = cfg, progress
         self.log = progress_bar(enabled=False).write if progress else (lambda message: None)
         seed_everything(cfg.seed)
-        if device is None and self.world > 1 and torch.cuda.is_available():
-            device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
         self.device = pick_device(device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed)
         self.precision = resolve_precision(cfg.precision, self.device)
         norm = {} if cfg.mean is None else {"mean": cfg.mean, "std": cfg.std}
         self.data = as_planning_data(train_data, **norm)
