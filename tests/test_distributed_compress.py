@@ -30,6 +30,10 @@ CONFIG = dict(grid="tiny", max_drop=3.0, calib_size=128, holdout_size=300, finet
               finetune_batch_size=32, batch_size=64)
 
 
+# activation-aware decomposition from input statistics each rank collects on its share of the images
+AWARE = dict(aware=True, target_ratio=8.0, max_drop=None, search_rounds=1)
+
+
 def make_data():
     """An easy 4-class task on noisy uint8 12x12 images: classes 0-2 brighten their channel, class 3 none."""
     rng = np.random.default_rng(0)
@@ -60,10 +64,10 @@ def make_model():
     return model.eval()
 
 
-def run_compress(model, cache_dir):
+def run_compress(model, cache_dir, **overrides):
     x, y = make_data()
-    compressed, plan = compress(model, (x, y), CompressConfig(**CONFIG, cache_dir=str(cache_dir), mean=(0.3,) * 3,
-                                                              std=(0.2,) * 3), progress=False)
+    config = CompressConfig(**{**CONFIG, **overrides}, cache_dir=str(cache_dir), mean=(0.3,) * 3, std=(0.2,) * 3)
+    compressed, plan = compress(model, (x, y), config, progress=False)
     layers = [(lp.name, lp.method, tuple(lp.ranks), lp.sensitivity["loss"], lp.rel_error) for lp in plan.layers]
     return {"layers": layers, "results": plan.results, "state": compressed.state_dict()}
 
@@ -87,6 +91,8 @@ def worker(rank, port, folder, model_state):
     model = make_model_from(model_state)
     out = run_compress(model, os.path.join(folder, "cache-dist"))
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    out = run_compress(model, os.path.join(folder, "cache-dist"), **AWARE)
+    torch.save(out, os.path.join(folder, f"aware{rank}.pt"))
     cleanup()
 
 
@@ -130,6 +136,15 @@ def test_two_ranks_choose_verify_and_return_what_one_process_does(tmp_path):
     filled = np.load(banks[0])["filled"].sum()
     assert filled >= 0.95 * np.load(single_bank[0])["filled"].sum()
     assert list((tmp_path / "cache-dist").glob("scores-*.json"))
+
+    aware = [torch.load(tmp_path / f"aware{r}.pt", weights_only=False) for r in range(WORLD)]
+    for key, value in aware[0]["state"].items():
+        assert torch.equal(value, aware[1]["state"][key]), key
+    single_aware = run_compress(model, tmp_path / "cache-single", **AWARE)
+    # statistics summed over the ranks equal one process's up to the order of the sums
+    assert [lp[:3] for lp in aware[0]["layers"]] == [lp[:3] for lp in single_aware["layers"]]
+    for got, want in zip(aware[0]["layers"], single_aware["layers"]):
+        assert got[4] == pytest.approx(want[4], rel=1e-4, abs=1e-6)  # the decomposition's relative error
 
 
 def test_a_read_only_factor_cache_reads_the_folder_but_never_writes(tmp_path):

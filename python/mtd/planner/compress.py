@@ -19,7 +19,8 @@ Under a process group (``torchrun``; :func:`mtd.train.distributed.init_distribut
 ``compress`` with the same arguments and the work is split: each rank decomposes and scores its share of the
 candidates (``options.candidate_owners``), scores and verifies its share of the calibration and held-out
 batches (the per-batch and per-image results gathered, so every choice and the verdict are exactly one
-process's), reconstructs each layer from its share of the recovery images (Gram matrices and gradients summed),
+process's), collects input statistics (``aware``) and reconstructs each layer from its share of the recovery
+images (moments, Gram matrices and gradients summed),
 fine-tunes through DDP on its shard of the fine-tuning images (the global batch unchanged), re-estimates
 BatchNorm on its shard (averaged), and fills the teacher bank for its shard. The built and fine-tuned models
 are copied from rank 0, so every rank holds and returns the same model. Only rank 0 prints and writes to the
@@ -135,9 +136,9 @@ class _Run:
         if cfg.aware:
             from ..recovery.activation_stats import collect_input_stats
 
-            # rank 0's statistics on every rank: the factors they key must be the same everywhere
-            self.stats = broadcast_object(collect_input_stats(self.original, self.recovery_images, self.layers,
-                                                              progress=self.progress) if self.rank == 0 else None)
+            # collective: each rank its share of the images, the sums added (the same statistics everywhere)
+            self.stats = collect_input_stats(self.original, self.recovery_images, self.layers,
+                                             progress=self.progress)
         self.base_calib = self.calib.score(self.original)
         self.cache = FactorCache(cfg.cache_dir, DecompositionSettings(cp_n_iter_max=cfg.cp_n_iter_max),
                                  writable=self.rank == 0)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..layers import compressible_layers
 from ..layers._geometry import same_padding
+from ..train.distributed import all_reduce_sum, get_rank, get_world_size
 from ..utils import progress_bar
 
 DEFAULT_PATCH_LIMIT = 4608  # 512 * 3 * 3: the largest VGG / ResNet 3x3 conv; 170 MB per layer
@@ -99,6 +100,20 @@ class _Accumulator:
             self.patch_moment = gram if self.patch_moment is None else self.patch_moment + gram
             self.patch_count += patches.shape[0]
 
+    def reduce(self) -> None:
+        """Sum the accumulators over the ranks of a process group (collective; a rank that saw no inputs adds
+        zeros)."""
+        s = self.dim // (self.kernel[0] * self.kernel[1])
+        device = self.module.weight.device
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.moment = all_reduce_sum(self.moment if self.moment is not None else zeros(s, s))
+        self.sum = all_reduce_sum(self.sum if self.sum is not None else zeros(s))
+        if self.with_patches:
+            self.patch_moment = all_reduce_sum(self.patch_moment if self.patch_moment is not None
+                                               else zeros(self.dim, self.dim))
+        counts = all_reduce_sum(torch.tensor([self.count, self.patch_count], dtype=torch.float64))
+        self.count, self.patch_count = (int(c) for c in counts.tolist())
+
     def stats(self) -> InputStats:
         moment = (self.moment / self.count).cpu()
         patch = None
@@ -142,7 +157,9 @@ def collect_input_stats(model: nn.Module, batches: Iterable[Batch], names: Optio
 
     Forward pre-hooks read each layer's input, so any ``nn.Module`` works.  ``patch_limit`` bounds the
     size D = S*kh*kw of the patch moments collected (8*D^2 bytes each); ``chunk_bytes`` the float64
-    working set per matmul.
+    working set per matmul. Under a process group every rank calls it with the same batches and passes its
+    share of the images (image i of a batch on rank i mod world); the sums are added over the ranks, so every
+    rank returns the same statistics.
     """
     if patch_limit < 0 or chunk_bytes < 1:
         raise ValueError(f"patch_limit must be >= 0 and chunk_bytes >= 1, got {patch_limit}, {chunk_bytes}")
@@ -154,13 +171,19 @@ def collect_input_stats(model: nn.Module, batches: Iterable[Batch], names: Optio
              for name, module in layers.items()]
     was_training = model.training
     model.eval()
+    world, rank = get_world_size(), get_rank()
     try:
         for batch in progress_bar(batches, desc="input statistics", enabled=progress, unit="batch"):
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            x = (batch[0] if isinstance(batch, (tuple, list)) else batch)[rank::world]  # this rank's share
+            if x.shape[0]:
+                model(x)
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+    if world > 1:
+        for acc in accs.values():
+            acc.reduce()
     missing = [name for name, acc in accs.items() if acc.count == 0]
     if missing:
         raise ValueError(f"layers {missing} never ran on the calibration batches (no inputs were seen)")
