@@ -236,3 +236,11 @@ def test_torchrun_trains_a_baseline_through_ddp(tmp_path, tiny_cifar):
     from mtd.models import load_model
 
     assert load_model(str(tmp_path / "vgg.pt")) is not None
+
+
+def test_commands_that_would_only_repeat_their_work_refuse_torchrun(capsys, monkeypatch, tmp_path):
+    from mtd.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
+    assert "mtd eval runs in one process" in capsys.readouterr().err

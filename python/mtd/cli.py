@@ -25,10 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands that split their work over the processes of torchrun; the others would only repeat it
+DISTRIBUTED_COMMANDS = ("train", "compress")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``mtd`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise CLIError(f"mtd {args.command} runs in one process: run it without torchrun (under torchrun: "
+                           f"{' and '.join(DISTRIBUTED_COMMANDS)})")
         return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError, TypeError) as err:  # ValueError/TypeError: the library's checks
         return _user_error(err)
