@@ -100,6 +100,22 @@ def test_activation_buffers_are_reused_safely_across_shapes_runs_and_threads():
     assert len(errors) == 18 and max(errors) <= TOL[torch.float64]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batch1_bridges_split_over_threads_or_not(threads):
+    """Batch 1 on small maps gives a bridge fewer tasks than threads: with several threads it runs as stages split
+    over rows, T and R (bridge_kernel.h), with one as one task; both are the reference."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ("batch1-tail", "vgg-start"):
+            x, weights, meta, _ = make_run_args(name, torch.float64)
+            x = x[:1].contiguous(memory_format=torch.channels_last)
+            out = torch.ops.mtd.rank_run(x, weights, meta, mtd_kernels.rank_run_pack(weights, meta))
+            assert rel_err(out, reference.rank_run_ref(x, weights, meta, [])) <= TOL[torch.float64]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bfloat16_runs_each_bridge_chain():
     """The fused kernel takes float32/64; a bf16 run goes bridge by bridge through the ATen chain."""
     x, weights, meta, _ = make_run_args("batch1-tail", torch.bfloat16)
