@@ -1,6 +1,7 @@
-"""``mtd.compress`` under a process group (gloo, 2 CPU processes): the work is split, the choices and the verdict
-are one process's, every rank returns the same model, only rank 0 writes; ``torchrun -m mtd compress`` runs, and a
-rank that fails stops the job with its error instead of a hang."""
+"""``mtd.compress`` under a process group (gloo, 2 CPU processes): the work is split, the scores and the plan are
+one process's and the verdict is computed as one process computes it, every rank returns the same model, only
+rank 0 writes; ``torchrun -m mtd compress`` runs, and a rank that fails stops the job with its error instead of a
+hang."""
 from __future__ import annotations
 
 import os

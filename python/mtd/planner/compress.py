@@ -18,13 +18,12 @@ The steps of one call (:class:`_Run`), in order:
 Under a process group (``torchrun``; :func:`mtd.train.distributed.init_distributed`) every rank calls
 ``compress`` with the same arguments and the work is split: each rank decomposes and scores its share of the
 candidates (``options.candidate_owners``), scores and verifies its share of the calibration and held-out
-batches (the per-batch and per-image results gathered, so every choice and the verdict are exactly one
-process's), collects input statistics (``aware``) and reconstructs each layer from its share of the recovery
-images (moments, Gram matrices and gradients summed),
-fine-tunes through DDP on its shard of the fine-tuning images (the global batch unchanged), re-estimates
-BatchNorm on its shard (averaged), and fills the teacher bank for its shard. The built and fine-tuned models
-are copied from rank 0, so every rank holds and returns the same model. Only rank 0 prints and writes to the
-cache folder.
+batches (the per-batch and per-image results gathered, so every choice and the verdict are exactly what one
+process computes for the same model), collects input statistics (``aware``) and reconstructs each layer from its
+share of the recovery images (moments, Gram matrices and gradients summed), fine-tunes through DDP on its shard
+of the fine-tuning images (the global batch unchanged), re-estimates BatchNorm on its shard (averaged), and fills
+the teacher bank for its shard. The built and fine-tuned models are copied from rank 0, so every rank holds and
+returns the same model. Only rank 0 prints and writes to the cache folder.
 """
 from __future__ import annotations
 
