@@ -189,7 +189,7 @@ def build_fail():
 
 
 def _torchrun(tmp_path, *args, timeout):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]), MTD_DIST_TIMEOUT_S="60")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]), MTD_DIST_TIMEOUT_S="300")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "-m", "mtd",
            *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)

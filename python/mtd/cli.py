@@ -12,7 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from .commands import compress_cmd, eval_cmd, export_cmd, report_cmd, train_cmd
-from .commands.common import CLIError
+from .commands.common import CLIError, launched_by_torchrun
 
 EXIT_USER_ERROR = 2
 
@@ -33,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``mtd`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+        if launched_by_torchrun() and args.command not in DISTRIBUTED_COMMANDS:
             raise CLIError(f"mtd {args.command} runs in one process: run it without torchrun (under torchrun: "
                            f"{' and '.join(DISTRIBUTED_COMMANDS)})")
         return int(args.func(args) or 0)

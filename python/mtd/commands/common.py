@@ -207,10 +207,15 @@ def parse_floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
         raise CLIError(f"{name} must be comma-separated numbers, got {text!r}") from None
 
 
+def launched_by_torchrun() -> bool:
+    """True when torchrun started this process as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 def under_torchrun(command: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace) -> int:
     """``command(args, device)``; under ``torchrun`` (WORLD_SIZE > 1) in the process group it describes (NCCL
     on GPUs, gloo on CPUs, this rank's device), rank 0 alone printing, the group left at the end."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched_by_torchrun():
         return command(args, None)
     from ..train.distributed import cleanup, init_distributed
 

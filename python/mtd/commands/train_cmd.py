@@ -50,7 +50,7 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
 
     from ..models import build_model, save_checkpoint
     from ..train import evaluate, train
-    from ..train.distributed import get_rank, get_world_size, is_main_process, sync_module
+    from ..train.distributed import DistInfo, get_rank, get_world_size, is_main_process, sync_module, wrap_ddp
     from ..utils import seed_everything
     from ..utils.precision import resolve_precision
 
@@ -65,11 +65,9 @@ def train_baseline(arrays, model_name: str, width: float, epochs: int, lr: float
     # under torchrun: DDP, each rank its shard and an equal part of the global batch
     train_loader, test_loader = data_loaders(arrays, batch_size // world, device, seed, rank=rank, world_size=world)
     net = model
-    if world > 1:
-        if resolve_precision(precision, device).channels_last:  # before wrapping: DDP syncs what it sees
-            model = model.to(memory_format=torch.channels_last)
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+    if world > 1:  # channels_last set before wrapping: DDP syncs what it sees
+        net = wrap_ddp(model, DistInfo(rank, world, device.index or 0, device),
+                       channels_last=resolve_precision(precision, device).channels_last)
     t0 = time.perf_counter()
     try:
         train(net, train_loader, epochs=epochs, lr=lr, seed=seed, progress=progress, precision=precision,

@@ -44,8 +44,8 @@ from ..data.loader import VIEW_AUGMENTATION
 from ..layers import compressible_layers, get_module, replace_module
 from ..layers.compressible import UnsupportedLayerError, check_compressible
 from ..layers.surgery import FilterFn
-from ..train.distributed import (all_reduce_sum, average_batchnorm_stats, broadcast_object, get_rank, get_world_size,
-                                 is_distributed, sync_module)
+from ..train.distributed import (DistInfo, all_reduce_sum, average_batchnorm_stats, broadcast_object, get_rank,
+                                 get_world_size, sync_module, wrap_ddp)
 from ..train.teacher_bank import TeacherBank, bank_key
 from ..train.teacher_cache import CachedTeacher
 from ..utils import pick_device, progress_bar, seed_everything
@@ -143,6 +143,7 @@ class _Run:
                                  writable=self.rank == 0)
         self.model_params = sum(p.numel() for p in self.original.parameters())
         self.teacher = self._teacher()
+        self._owners: Optional[dict] = None  # (layer, method) -> the rank that scored it (_factors)
 
     # -- steps --------------------------------------------------------------------------------------------
     def run(self) -> tuple[nn.Module, Plan]:
@@ -364,15 +365,16 @@ class _Run:
         args = (module.weight, s.method, s.candidate.ranks, self.cfg.seed,
                 warm_chain(s.candidate, _candidate_list(self.options, name)))
         stats = self.stats[name] if self.stats else None
-        if not is_distributed() or self.world == 1:
+        if self.world == 1:
             return self.cache.factors(*args, stats=stats)
         key, found = self.cache.lookup(*args, stats=stats)
         have = torch.zeros(self.world)
         have[self.rank] = found is not None
         holders = [r for r, h in enumerate(all_reduce_sum(have).tolist()) if h]
-        owners = candidate_owners(self.original, {n: _candidate_list(self.options, n) for n in self.layers},
-                                  self.world)
-        src = holders[0] if holders else owners[(name, s.method)]
+        if self._owners is None:  # the split score_options used (the same candidate lists)
+            self._owners = candidate_owners(self.original, {n: _candidate_list(self.options, n) for n in self.layers},
+                                            self.world)
+        src = holders[0] if holders else self._owners[(name, s.method)]
         if self.rank == src and found is None:
             found = self.cache.factors(*args, stats=stats)
         found = broadcast_object(found, src)
@@ -411,10 +413,8 @@ class _Run:
         from ..train.finetune import cp_factor_lr_scales, finetune
 
         cfg = self.cfg
-        trained = model
-        if self.world > 1:  # gradients averaged over the ranks' shards; scoring and the bank see the plain model
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # DDP: gradients averaged over the ranks' shards; scoring and the bank see the plain model
+        trained = wrap_ddp(model, DistInfo(self.rank, self.world, self.device.index or 0, self.device))
         finetune(trained, self._finetune_loader(seed), epochs=epochs, lr=cfg.finetune_lr,
                  teacher=self.teacher if cfg.teacher_kd else None, max_grad_norm=cfg.max_grad_norm,
                  lr_scales=cp_factor_lr_scales(model, cfg.cp_lr_scale),

@@ -16,7 +16,7 @@ from .. import methods
 from ..utils import atomic_write, progress_bar
 from .candidates import Candidate, CandidateGrid, layer_candidates
 from ..train.distributed import all_reduce_sum, get_rank, get_world_size
-from .factor_cache import FactorCache
+from .factor_cache import FactorCache, weight_hash
 from .layer_factory import build_layer, dense_cost, layer_cost
 from .select import Scored
 from .sensitivity import Calibration, Score, sensitivity
@@ -90,13 +90,16 @@ def score_options(model: nn.Module, layers: list[str], grid: CandidateGrid, cali
     mine = [row for row, (name, cand, _) in enumerate(flat) if owners[(name, cand.method)] == rank]
     rows = torch.zeros(len(flat), 5, dtype=torch.float64)  # per candidate: params, macs, rel_error, loss, accuracy
     bar = progress_bar(total=len(mine), desc="scoring candidates", enabled=progress, unit="cand")
+    whashes: dict[str, str] = {}  # each layer's weight hashed once
     try:
         for row in mine:
             name, cand, cands = flat[row]
             module = model.get_submodule(name)
+            if name not in whashes:
+                whashes[name] = weight_hash(module.weight)
             bar.set_postfix_str(f"{name} {cand.label()}", refresh=False)
             factors = cache.factors(module.weight, cand.method, cand.ranks, seed, warm_chain(cand, cands),
-                                    stats=(stats or {}).get(name))
+                                    whash=whashes[name], stats=(stats or {}).get(name))
             layer = build_layer(module, cand.method, factors, backend="torch")
             p, macs = layer_cost(layer, io_shapes[name][0])
             d = sensitivity(model, name, layer, calib, base)
