@@ -11,21 +11,24 @@ steps; variants of one model are timed one after another in one process.
 
 Rows:
 - the matrix: student / teacher / dense training step, student forward-only, in fp32 or bf16 autocast, NCHW or
-  channels_last inputs (weights stay NCHW: ``mtd.utils.precision``);
+  channels_last inputs (weights stay NCHW: ``mtd.utils.precision``), training steps on channels_last also with
+  BatchNorm -> ReLU [-> pool] fused (``mtd.train.fused_activations``, which ``mtd.train`` uses on the CPU);
 - ``finetune``: ms per step of ``mtd.train.finetune`` distilling from the dense teacher over uint8 images
   through ``TensorDataLoader`` (augmentation and normalisation included), as it ran before this change (fp32,
   NCHW, online teacher) and as it runs now (``precision="auto"``, ``views=16``: the first fine-tune computes
-  each view's teacher output once, a repeated fine-tune over the same views reuses them);
+  each view's teacher output once, a repeated fine-tune over the same views reuses them; repeated fine-tunes
+  alternately with and without ``MTD_FUSED_TRAINING=0``, 4 of each, medians: what the fused BatchNorm-ReLU saves);
 - ``data``: ms per batch of the loader alone.
 
 ``--accuracy`` instead measures what the fast path costs in accuracy, paired: per seed the README main job's
 quick baseline (VGG11 width 1/4, 3 epochs; 10,000 training images kept out of it) is compressed once to
 ``--ratio`` without fine-tuning, and copies of that one model are fine-tuned as the main job does (3 epochs, lr
 0.06, distilled from the baseline) in each variant: fp32 with the teacher run on every batch (as before), bf16
-likewise, and bf16 with 16 views and the teacher bank (the default where bf16 is native). Test accuracy (fp32,
-10,000 images) of each; rows are added to the same results file, step by step (a rerun skips finished rows).
+likewise, bf16 with 16 views and the teacher bank, and that with BatchNorm-ReLU fused (the default where bf16 is
+native; the other variants run with ``MTD_FUSED_TRAINING=0``). Test accuracy (fp32, 10,000 images) of each;
+rows are added to the same results file, step by step (a rerun skips finished rows).
 
-    python benchmarks/finetune_speed.py [--steps 4] [--models vgg16,vgg11]
+    python benchmarks/finetune_speed.py [--steps 4] [--rounds 10] [--models vgg16,vgg11]
     python benchmarks/finetune_speed.py --accuracy [--seeds 0,1] [--ratio 8]
     python benchmarks/finetune_speed.py --render      # the .md again, with the quick_job*.json main-job rows
 """
@@ -33,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -47,7 +52,12 @@ import _bench_util as bu  # noqa: E402
 # later runs replace) and the dense checkpoints they are built on
 PLANS_FILE = Path(__file__).resolve().parent / "results" / "finetune_speed_plans.json"
 CHECKPOINTS = {"vgg16": "vgg16-w1-cifar10.pt", "vgg11": "vgg11-w1-e30-cifar10.pt"}
-VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+# (precision, channels_last, fused): fused = BatchNorm -> ReLU [-> pool] as one op (mtd.train.fused_activations),
+# which mtd.train runs on the CPU; it changes training steps only (a forward-only pass is in eval mode)
+VARIANTS = (("fp32", False, False), ("fp32", True, False), ("fp32", True, True), ("bf16", False, False),
+            ("bf16", True, False), ("bf16", True, True))
+VARIANT_NAMES = ("fp32, NCHW", "fp32, channels_last", "fp32, channels_last, fused BN-ReLU", "bf16, NCHW",
+                 "bf16 + channels_last", "bf16 + channels_last, fused BN-ReLU")
 BATCH = 128
 
 
@@ -56,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="vgg16,vgg11")
     p.add_argument("--checkpoints", default="../shared/models")
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the fused / unfused comparison")
     p.add_argument("--finetune-batches", type=int, default=6, help="batches per timed fine-tune")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--accuracy", action="store_true", help="the paired accuracy comparison instead of timing")
@@ -81,7 +92,8 @@ def main(argv=None) -> int:
         results["accuracy"] = previous["accuracy"]
     for name in args.models.split(","):
         dense, student, ratio = build(name, args.checkpoints)
-        results["rows"] += matrix(name, dense, student, ratio, args.steps)
+        results["rows"].append({"kind": "macs", "model": name, "ratio": macs_ratio(dense, student)})
+        results["rows"] += matrix(name, dense, student, ratio, args.steps, args.rounds)
         results["rows"] += finetune_rows(name, dense, student, args.finetune_batches)
         write(results, Path(args.out))
     results["rows"] += data_rows(args.steps)
@@ -116,6 +128,21 @@ def build(name: str, checkpoints: str):
     return dense, student, float(plan["param_ratio"])
 
 
+@torch.no_grad()
+def macs_ratio(dense, student) -> float:
+    """Forward FLOPs (convolutions and the linear head, ``torch.utils.flop_counter``) of ``dense`` over
+    ``student``'s, for one image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model) -> int:
+        model.eval()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 3, 32, 32))
+        return counter.get_total_flops()
+
+    return flops(dense) / flops(student)
+
+
 def median_ms(fn, steps: int) -> float:
     fn()
     fn()
@@ -127,7 +154,12 @@ def median_ms(fn, steps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def matrix(name: str, dense, student, ratio: float, steps: int) -> list[dict]:
+def matrix(name: str, dense, student, ratio: float, steps: int, rounds: int) -> list[dict]:
+    """ms per step of each row in each variant: the median of ``steps`` steps; a training step on channels_last
+    with and without the fused BatchNorm-ReLU instead in ``rounds`` interleaved rounds of two steps each (the
+    median round), since the two differ by less than this host's drift between one run and the next."""
+    from mtd.report.latency import interleaved_times
+    from mtd.train.fused_activations import fused_bn_relu
     from mtd.utils.precision import Precision
 
     x = torch.randn(BATCH, 3, 32, 32)
@@ -140,7 +172,9 @@ def matrix(name: str, dense, student, ratio: float, steps: int) -> list[dict]:
         if name == "vgg11" and what.startswith("vgg11 dense, training"):
             continue  # the reference step is VGG16's
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        for precision, channels_last in VARIANTS:
+        for precision, channels_last, fused in VARIANTS:
+            if fused:
+                continue  # measured beside its unfused variant
             prec = Precision(torch.bfloat16 if precision == "bf16" else None, channels_last, "cpu")
             xx = prec.inputs(x)
 
@@ -152,17 +186,26 @@ def matrix(name: str, dense, student, ratio: float, steps: int) -> list[dict]:
                 loss.backward()
                 opt.step()
 
+            def fused_step():
+                with fused_bn_relu(model):
+                    train_step()
+
             @torch.no_grad()
             def forward():
                 model.eval()
                 with prec.autocast():
                     model(xx)
 
-            ms = median_ms(train_step if mode == "train" else forward, steps)
-            rows.append({"kind": "matrix", "row": what, "precision": precision, "channels_last": channels_last,
-                         "ms": ms})
-            print(f"{what:50s} {precision} {'channels_last' if channels_last else 'NCHW':13s} {ms:8.1f} ms",
-                  flush=True)
+            if mode == "train" and channels_last:
+                times = interleaved_times({"plain": train_step, "fused": fused_step}, rounds, 2)
+                measured = {False: statistics.median(times["plain"]), True: statistics.median(times["fused"])}
+            else:
+                measured = {False: median_ms(train_step if mode == "train" else forward, steps)}
+            for is_fused, ms in measured.items():
+                rows.append({"kind": "matrix", "row": what, "precision": precision, "channels_last": channels_last,
+                             "fused": is_fused, "ms": ms})
+                print(f"{what:50s} {precision} {'channels_last' if channels_last else 'NCHW':13s} "
+                      f"{'fused' if is_fused else '':5s} {ms:8.1f} ms", flush=True)
     return rows
 
 
@@ -176,22 +219,27 @@ def finetune_rows(name: str, dense, student, batches: int) -> list[dict]:
     images = torch.randint(0, 256, (BATCH * batches, 32, 32, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (BATCH * batches,), generator=g)
 
-    def run(precision: str, views, teacher) -> float:
+    def run(precision: str, views, teacher, fused: bool = True) -> float:
         loader = TensorDataLoader(images, labels, BATCH, train=True, views=views)
-        history = finetune(student, loader, epochs=1, lr=1e-3, teacher=teacher, progress=False,
-                           precision=precision)
+        with mock.patch.dict(os.environ, {"MTD_FUSED_TRAINING": "1" if fused else "0"}):
+            history = finetune(student, loader, epochs=1, lr=1e-3, teacher=teacher, progress=False,
+                               precision=precision)
         return 1e3 * history[-1]["seconds"] / len(loader)
 
     rows = []
     run("fp32", None, dense)  # warm-up of both paths (first-call allocations, oneDNN primitives)
     run("auto", 16, TeacherBank(dense, len(labels) * 16))
-    before = run("fp32", None, dense)
+    before = run("fp32", None, dense, fused=False)
     bank = TeacherBank(dense, len(labels) * 16)  # the bank mtd.compress keeps across its fine-tunes
     first = run("auto", 16, bank)
-    repeated = run("auto", 16, bank)
+    # fused / unfused alternately (their difference is within this host's drift between single runs)
+    pairs = [(run("auto", 16, bank), run("auto", 16, bank, fused=False)) for _ in range(4)]
+    repeated, unfused = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
     student_only = run("auto", 16, None)
     for what, ms in (("before: fp32, NCHW, online teacher", before), ("now: first fine-tune", first),
-                     ("now: repeated fine-tune (bank hits)", repeated), ("now: no teacher", student_only)):
+                     ("now: repeated fine-tune (bank hits)", repeated),
+                     ("now: repeated, BN-ReLU not fused (MTD_FUSED_TRAINING=0)", unfused),
+                     ("now: no teacher", student_only)):
         rows.append({"kind": "finetune", "row": f"{name} student, distilled fine-tuning step", "variant": what,
                      "ms": ms, "bank_hits": bank.hits, "bank_misses": bank.misses})
         print(f"{name} finetune {what:40s} {ms:8.1f} ms", flush=True)
@@ -215,8 +263,10 @@ def data_rows(steps: int) -> list[dict]:
 
 
 ACCURACY_EPOCHS = 3  # the main job's epochs a round when these rows were measured
-FT_VARIANTS = {"fp32, online teacher (before)": ("fp32", None), "bf16, online teacher": ("bf16", None),
-               "bf16, 16 views + teacher bank": ("bf16", 16)}
+# variant -> (precision, views, BatchNorm-ReLU fused)
+FT_VARIANTS = {"fp32, online teacher (before)": ("fp32", None, False), "bf16, online teacher": ("bf16", None, False),
+               "bf16, 16 views + teacher bank": ("bf16", 16, False),
+               "bf16, 16 views + teacher bank, fused BN-ReLU (now)": ("bf16", 16, True)}
 
 
 def accuracy(args, results: dict, out: Path) -> None:
@@ -252,14 +302,16 @@ def accuracy(args, results: dict, out: Path) -> None:
         model, plan = compress(baseline, train, val_data=val, target_ratio=args.ratio, max_drop=None, grid="small",
                                calib_size=QUICK_CALIB_IMAGES, finetune_epochs=0, seed=seed, progress=False)
         set_backend(model, "torch")
-        for variant, (precision, views) in FT_VARIANTS.items():
+        for variant, (precision, views, fused) in FT_VARIANTS.items():
             if (seed, variant) in done:
                 continue
             student = copy.deepcopy(model)
             loader = TensorDataLoader(train.train_x, train.train_y, 128, train=True, seed=seed, views=views)
             t0 = time.perf_counter()
-            finetune(student, loader, epochs=ACCURACY_EPOCHS, lr=QUICK_FINETUNE_LR, teacher=baseline,
-                     lr_scales=cp_factor_lr_scales(student, 0.5), seed=seed, progress=False, precision=precision)
+            with mock.patch.dict(os.environ, {"MTD_FUSED_TRAINING": "1" if fused else "0"}):
+                finetune(student, loader, epochs=ACCURACY_EPOCHS, lr=QUICK_FINETUNE_LR, teacher=baseline,
+                         lr_scales=cp_factor_lr_scales(student, 0.5), seed=seed, progress=False,
+                         precision=precision)
             seconds = time.perf_counter() - t0
             acc = ex.test_accuracy(student, test)
             rows.append({"seed": seed, "variant": variant, "ratio": plan.results["model_param_ratio"],
@@ -304,15 +356,30 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# Fine-tuning speed ({m['cpu']}, {m['avx']}, native bf16: {m['native_bf16']}, {m['threads']} "
              f"threads, torch {m['torch']}; batch {results['batch']}; `python benchmarks/finetune_speed.py`)", "",
-             "| ms per step | fp32, NCHW | fp32, channels_last | bf16, NCHW | bf16 + channels_last |",
-             "|---|---|---|---|---|"]
+             "| ms per step | " + " | ".join(VARIANT_NAMES) + " |", "|---|" + "---|" * len(VARIANTS)]
     matrix_rows: dict[str, dict] = {}
     for r in results.get("rows", []):
         if r["kind"] == "matrix":
-            matrix_rows.setdefault(r["row"], {})[(r["precision"], r["channels_last"])] = r["ms"]
+            key = (r["precision"], r["channels_last"], r.get("fused", False))
+            matrix_rows.setdefault(r["row"], {})[key] = r["ms"]
     for row, cells in matrix_rows.items():
         lines.append(f"| {row} | " + " | ".join(f"{cells[v]:.0f}" if v in cells else "" for v in VARIANTS) + " |")
-    dense_step = matrix_rows.get("vgg16 dense, training step", {}).get(("fp32", False))
+    if any(v[2] for cells in matrix_rows.values() for v in cells):
+        lines += ["", "Each fused column and the one to its left: medians of interleaved rounds (two steps each, "
+                  "one round of each in turn); the other cells: medians of single steps."]
+    best = VARIANTS[-1]
+    for r in results.get("rows", []):
+        if r["kind"] != "macs":
+            continue
+        student = next((c.get(best) for row, c in matrix_rows.items()
+                        if row.startswith(f"{r['model']} ") and "student, training" in row), None)
+        dense = matrix_rows.get(f"{r['model']} dense, training step", {}).get(best)
+        if student and dense:
+            lines.append(f"{r['model']}: {r['ratio']:.1f}x fewer MACs than the dense model; its "
+                         f"{VARIANT_NAMES[-1]} training step is {student / (dense / r['ratio']):.2f}x its "
+                         f"MAC-proportional share of the dense step in that variant ({student:.0f} ms against "
+                         f"{dense:.0f} / {r['ratio']:.1f} ms).")
+    dense_step = matrix_rows.get("vgg16 dense, training step", {}).get(("fp32", False, False))
     ft = [r for r in results["rows"] if r["kind"] == "finetune"]
     if ft:
         lines += ["", "`mtd.train.finetune` (augmentation, normalisation, distillation, SGD step):", "",

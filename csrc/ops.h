@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <tuple>
 #include <vector>
 
 namespace mtd {
@@ -34,6 +35,15 @@ at::Tensor rank_bridge_cpu(const at::Tensor& input, at::TensorList spatial, cons
 // from rank_run_pack(weights, meta) (empty: packed during the call).
 at::Tensor rank_run_cpu(const at::Tensor& input, at::TensorList weights, at::IntArrayRef meta, at::TensorList packed);
 std::vector<at::Tensor> rank_run_pack(at::TensorList weights, at::IntArrayRef meta);
+
+// Training-mode BatchNorm (batch statistics) -> ReLU [-> 2x2 max-pool]: (output, batch mean, biased batch variance)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                                            const at::Tensor& bias, double eps, bool pool);
+// Its gradient: (grad input, grad weight, grad bias) from the forward's input and statistics
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                                                     const at::Tensor& weight, const at::Tensor& bias,
+                                                                     const at::Tensor& mean, const at::Tensor& var,
+                                                                     double eps, bool pool);
 
 #ifdef MTD_WITH_CUDA
 at::Tensor cp_conv2d_cuda(const at::Tensor& input, const at::Tensor& w_first, const at::Tensor& w_depthwise,

@@ -15,6 +15,8 @@ TORCH_LIBRARY_IMPL(mtd, CPU, m) {
   m.impl("tucker_conv2d", &mtd::tucker_conv2d_cpu);
   m.impl("rank_bridge", &mtd::rank_bridge_cpu);
   m.impl("rank_run", &mtd::rank_run_cpu);
+  m.impl("bn_relu", &mtd::bn_relu_cpu);
+  m.impl("bn_relu_backward", &mtd::bn_relu_backward_cpu);
 }
 
 namespace {

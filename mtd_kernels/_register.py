@@ -13,9 +13,11 @@ from ._library import LIB
 from ._loader import extension_error
 from .dispatch import cuda_kernel
 from .ops import SPECS, OpSpec
+from .ops import bn_relu
 from .ops import rank_bridge as bridge
 from .ops import rank_run as run
 from .ops._chain import chain_backward, empty_output, reference_forward
+from .ops._signature import bind
 
 _warned_fallback = False
 
@@ -192,12 +194,54 @@ def run_bridge_by_bridge(*args, **kwargs) -> torch.Tensor:
     return y.contiguous(memory_format=bridge.layout(x))
 
 
+def _register_bn_relu() -> None:
+    """``mtd::bn_relu`` and its backward op: fake kernels, autograd and CUDA entries from ``ops/bn_relu.py``. No
+    autocast rule: the input keeps the dtype the convolution gave it, the BatchNorm's parameters theirs (float32),
+    as with ``nn.BatchNorm2d`` under autocast."""
+    LIB.define(bn_relu.SCHEMA)
+    LIB.define(bn_relu.BACKWARD_SCHEMA)
+
+    @torch.library.register_fake(f"mtd::{bn_relu.NAME}")
+    def _fake(*args, **kwargs):
+        v = bind(bn_relu.SCHEMA, args, kwargs)
+        x = v["input"]
+        shape = bn_relu.check(bn_relu.NAME, x, v["weight"], v["bias"], bool(v["pool"]))
+        stats = x.new_empty(x.shape[1], dtype=torch.float32)
+        return x.new_empty(shape).contiguous(memory_format=bn_relu.layout(x)), stats, stats.clone()
+
+    @torch.library.register_fake(f"mtd::{bn_relu.BACKWARD_NAME}")
+    def _fake_backward(*args, **kwargs):
+        v = bind(bn_relu.BACKWARD_SCHEMA, args, kwargs)
+        x, weight, bias = v["input"], v["weight"], v["bias"]
+        bn_relu.check_backward(v["grad"], x, weight, bias, v["mean"], v["var"], bool(v["pool"]))
+        return torch.empty_like(x, memory_format=bn_relu.layout(x)), torch.empty_like(weight), torch.empty_like(bias)
+
+    def setup_context(ctx, inputs, output):
+        v = bind(bn_relu.SCHEMA, inputs)
+        _, mean, var = output
+        ctx.eps, ctx.pool = float(v["eps"]), bool(v["pool"])
+        ctx.mark_non_differentiable(mean, var)
+        ctx.save_for_backward(v["input"], v["weight"], v["bias"], mean, var)
+
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        x, weight, bias, mean, var = ctx.saved_tensors
+        dx, dw, db = torch.ops.mtd.bn_relu_backward(grad.contiguous(memory_format=bn_relu.layout(x)), x, weight,
+                                                    bias, mean, var, ctx.eps, ctx.pool)
+        needs = ctx.needs_input_grad
+        return (dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None, None, None)
+
+    torch.library.register_autograd(f"mtd::{bn_relu.NAME}", backward, setup_context=setup_context)
+    LIB.impl(bn_relu.NAME, bn_relu.reference, "CUDA")
+    LIB.impl(bn_relu.BACKWARD_NAME, bn_relu.backward_reference, "CUDA")
+
+
 def register_all() -> None:
     """Define and register every op (once, at ``import mtd_kernels``)."""
     for spec in SPECS.values():
         _register(spec)
     _register_bridge()
     _register_run()
+    _register_bn_relu()
 
 
 def register_cpu_fallbacks() -> None:
@@ -221,3 +265,14 @@ def register_cpu_fallbacks() -> None:
         return run.reference(*args, **kwargs)
 
     LIB.impl(run.NAME, _run_cpu, "CPU")
+
+    def _bn_relu_cpu(*args, **kwargs):
+        _warn_fallback_once()
+        return bn_relu.reference(*args, **kwargs)
+
+    def _bn_relu_backward_cpu(*args, **kwargs):
+        _warn_fallback_once()
+        return bn_relu.backward_reference(*args, **kwargs)
+
+    LIB.impl(bn_relu.NAME, _bn_relu_cpu, "CPU")
+    LIB.impl(bn_relu.BACKWARD_NAME, _bn_relu_backward_cpu, "CPU")

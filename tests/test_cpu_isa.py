@@ -1,4 +1,4 @@
-"""The CPU micro-kernels (small GEMM, depthwise stencil) are compiled for AVX-512, AVX2+FMA and baseline x86-64
+"""The CPU micro-kernels (small GEMM, depthwise stencil, the BatchNorm-ReLU rows) are compiled for AVX-512, AVX2+FMA and baseline x86-64
 and picked once at load time. The host runs its own level in every other test; here the correctness tests of
 the ops run again in fresh processes with MTD_CPU_ISA lowering the level, so every variant is checked on one
 host (an AVX2-only or baseline CPU would run exactly that code)."""
@@ -19,6 +19,8 @@ CORRECTNESS = [
     f"{HERE}/test_rank_bridge.py::test_matches_the_reference",
     f"{HERE}/test_rank_bridge.py::test_other_layouts",
     f"{HERE}/test_rank_run.py::test_matches_the_reference",
+    f"{HERE}/test_bn_relu.py::test_matches_the_reference",
+    f"{HERE}/test_bn_relu.py::test_pool_ties_and_dead_windows",
 ]
 
 

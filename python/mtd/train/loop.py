@@ -17,6 +17,7 @@ from ..utils.seeding import get_rng_state, seed_everything, set_rng_state
 from .distributed import all_reduce_sum, barrier, get_world_size, is_main_process
 from ..utils.precision import Precision, resolve_precision
 from .evaluate import evaluate, model_device
+from .fused_activations import fused_bn_relu
 from .losses import distillation_loss
 from .optim import SCHEDULES, make_optimizer, make_scheduler
 from .teacher_bank import TeacherBank
@@ -121,42 +122,44 @@ def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd
     step): NaN/inf, or more than ``divergence_factor`` x the mean of the first losses seen (kept in
     ``reference``, which may carry over from earlier passes), raises :class:`DivergenceError` before the step
     is applied."""
-    model.train()
-    reference = [] if reference is None else reference
-    # Sums stay on the device: no host sync per step.
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
-    for batch in progress_bar(loader, total=len(loader), desc=bar_desc, enabled=progress, unit="batch"):
-        images, labels = batch
-        images = precision.inputs(images.to(device, non_blocking=True))
-        labels = labels.to(device, non_blocking=True)
-        teacher_logits = None
-        if isinstance(teacher, TeacherBank):  # runs the teacher in its own precision, only on unseen views
-            teacher_logits = teacher(images, getattr(batch, "keys", None))
-        elif teacher is not None:
-            with torch.no_grad(), precision.autocast():
-                teacher_logits = teacher(images)
-        with precision.autocast():
-            logits = model(images)
-        loss = distillation_loss(logits, labels, teacher_logits, alpha=kd_alpha, temperature=kd_temperature,
-                                 label_smoothing=label_smoothing)
-        if divergence_factor is not None:  # under DDP on the ranks' mean loss: every rank takes the same branch
-            value = float(all_reduce_sum(loss.detach().double().reshape(1).clone()) / get_world_size())
-            if not math.isfinite(value) or (len(reference) >= 5 and value > divergence_factor * sum(reference)
-                                            / len(reference)):
-                raise DivergenceError(f"loss {value:.4g} at a step of {bar_desc} (reference "
-                                      f"{sum(reference) / max(len(reference), 1):.4g})")
-            if len(reference) < 20:
-                reference.append(value)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            totals[0] += loss.detach() * labels.numel()
-            totals[1] += (logits.argmax(1) == labels).sum()
-            totals[2] += labels.numel()
+    # BatchNorm -> ReLU [-> pool] as one op while training on the CPU; the original modules come back afterwards
+    with fused_bn_relu(unwrap_model(model)):
+        model.train()
+        reference = [] if reference is None else reference
+        # Sums stay on the device: no host sync per step.
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
+        for batch in progress_bar(loader, total=len(loader), desc=bar_desc, enabled=progress, unit="batch"):
+            images, labels = batch
+            images = precision.inputs(images.to(device, non_blocking=True))
+            labels = labels.to(device, non_blocking=True)
+            teacher_logits = None
+            if isinstance(teacher, TeacherBank):  # runs the teacher in its own precision, only on unseen views
+                teacher_logits = teacher(images, getattr(batch, "keys", None))
+            elif teacher is not None:
+                with torch.no_grad(), precision.autocast():
+                    teacher_logits = teacher(images)
+            with precision.autocast():
+                logits = model(images)
+            loss = distillation_loss(logits, labels, teacher_logits, alpha=kd_alpha, temperature=kd_temperature,
+                                     label_smoothing=label_smoothing)
+            if divergence_factor is not None:  # under DDP on the ranks' mean loss: every rank takes the same branch
+                value = float(all_reduce_sum(loss.detach().double().reshape(1).clone()) / get_world_size())
+                if not math.isfinite(value) or (len(reference) >= 5 and value > divergence_factor * sum(reference)
+                                                / len(reference)):
+                    raise DivergenceError(f"loss {value:.4g} at a step of {bar_desc} (reference "
+                                          f"{sum(reference) / max(len(reference), 1):.4g})")
+                if len(reference) < 20:
+                    reference.append(value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                totals[0] += loss.detach() * labels.numel()
+                totals[1] += (logits.argmax(1) == labels).sum()
+                totals[2] += labels.numel()
     all_reduce_sum(totals)
     loss_sum, correct, samples = totals.tolist()
     if not math.isfinite(loss_sum):
