@@ -203,6 +203,13 @@ def test_what_is_not_rewritten_and_what_falls_back():
     net = nn.Sequential(nn.Conv2d(3, 8, 1), shared, nn.ReLU(), nn.Conv2d(8, 8, 1), shared, nn.ReLU(),
                         nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8, affine=False), nn.ReLU(),
                         nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3))
+    hooked = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU())
+    seen = []
+    hooked[0].register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with fused_bn_relu(hooked) as runs:
+        assert runs == 0  # its hook would stop firing
+        hooked.train()(torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last))
+    assert seen == [(2, 8, 3, 3)]
     with fused_bn_relu(net) as runs:
         assert runs == 1  # shared BN used twice, no affine: left alone; MaxPool2d(3) stays a module
         assert isinstance(net[10], BatchNormReLU2d) and not net[10].pool and isinstance(net[12], nn.MaxPool2d)

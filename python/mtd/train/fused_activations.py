@@ -9,7 +9,8 @@ run among the direct children of an ``nn.Sequential`` (the same rule as :func:`m
 BatchNorm becomes a :class:`BatchNormReLU2d` holding the *same* parameter and buffer tensors (an optimizer, DDP and
 ``state_dict`` keys see no change), the ReLU and pool slots become identities. On exit the original modules are
 put back. Outside training mode, or on inputs the kernel does not take (not CPU, not channels_last, another dtype),
-the rewritten module runs exactly what the three modules ran. ``MTD_FUSED_TRAINING=0`` turns the rewrite off.
+the rewritten module runs exactly what the three modules ran. Modules used twice, or with hooks of their own, are
+left alone. ``MTD_FUSED_TRAINING=0`` turns the rewrite off.
 """
 from __future__ import annotations
 
@@ -86,12 +87,19 @@ def _runs(model: nn.Module) -> List[Tuple[nn.Sequential, List[str], bool]]:
             bn, relu = seq._modules[keys[i]], seq._modules[keys[i + 1]]
             if type(bn) is not nn.BatchNorm2d or type(relu) is not nn.ReLU or not bn.affine:
                 continue
-            if uses[id(bn)] > 1 or uses[id(relu)] > 1:
+            if uses[id(bn)] > 1 or uses[id(relu)] > 1 or _hooked(bn) or _hooked(relu):
                 continue
             pool = seq._modules[keys[i + 2]] if i + 2 < len(keys) else None
-            with_pool = type(pool) is nn.MaxPool2d and uses[id(pool)] == 1 and _is_2x2(pool)
+            with_pool = (type(pool) is nn.MaxPool2d and uses[id(pool)] == 1 and _is_2x2(pool)
+                         and not _hooked(pool))
             found.append((seq, keys[i:i + (3 if with_pool else 2)], with_pool))
     return found
+
+
+def _hooked(module: nn.Module) -> bool:
+    """A module with hooks of its own: rewritten, they would silently stop firing."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or getattr(module, "parametrizations", None))
 
 
 def _is_2x2(pool: nn.MaxPool2d) -> bool:
