@@ -12,12 +12,13 @@ steps; variants of one model are timed one after another in one process.
 Rows:
 - the matrix: student / teacher / dense training step, student forward-only, in fp32 or bf16 autocast, NCHW or
   channels_last inputs (weights stay NCHW: ``mtd.utils.precision``), training steps on channels_last also with
-  BatchNorm -> ReLU [-> pool] fused (``mtd.train.fused_activations``, which ``mtd.train`` uses on the CPU);
+  BatchNorm -> ReLU [-> pool] fused (``mtd.train.fused_activations``, opt-in with ``MTD_FUSED_TRAINING=1``);
 - ``finetune``: ms per step of ``mtd.train.finetune`` distilling from the dense teacher over uint8 images
   through ``TensorDataLoader`` (augmentation and normalisation included), as it ran before this change (fp32,
   NCHW, online teacher) and as it runs now (``precision="auto"``, ``views=16``: the first fine-tune computes
   each view's teacher output once, a repeated fine-tune over the same views reuses them; repeated fine-tunes
-  alternately with and without ``MTD_FUSED_TRAINING=0``, 4 of each, medians: what the fused BatchNorm-ReLU saves);
+  alternately with ``MTD_FUSED_TRAINING=1`` and ``=0``, 4 of each, medians: what the fused BatchNorm-ReLU saves;
+  the other "now" rows run with it on);
 - ``data``: ms per batch of the loader alone.
 
 ``--accuracy`` instead measures what the fast path costs in accuracy, paired: per seed the README main job's
@@ -25,7 +26,7 @@ quick baseline (VGG11 width 1/4, 3 epochs; 10,000 training images kept out of it
 ``--ratio`` without fine-tuning, and copies of that one model are fine-tuned as the main job does (3 epochs, lr
 0.06, distilled from the baseline) in each variant: fp32 with the teacher run on every batch (as before), bf16
 likewise, bf16 with 16 views and the teacher bank, and that with BatchNorm-ReLU fused (the default where bf16 is
-native; the other variants run with ``MTD_FUSED_TRAINING=0``). Test accuracy (fp32, 10,000 images) of each;
+native when measured; the other variants run with ``MTD_FUSED_TRAINING=0``). Test accuracy (fp32, 10,000 images) of each;
 rows are added to the same results file, step by step (a rerun skips finished rows).
 
     python benchmarks/finetune_speed.py [--steps 4] [--rounds 10] [--models vgg16,vgg11]
@@ -382,7 +383,9 @@ def markdown(results: dict) -> str:
     dense_step = matrix_rows.get("vgg16 dense, training step", {}).get(("fp32", False, False))
     ft = [r for r in results["rows"] if r["kind"] == "finetune"]
     if ft:
-        lines += ["", "`mtd.train.finetune` (augmentation, normalisation, distillation, SGD step):", "",
+        lines += ["", "`mtd.train.finetune` (augmentation, normalisation, distillation, SGD step; the \"now\" rows with "
+                  "the fused BatchNorm-ReLU, `MTD_FUSED_TRAINING=1`, except the one marked not fused, which is the "
+                  "default):", "",
                   "| model | variant | ms per step | x the fp32 NCHW dense VGG16 training step | s per epoch of 50,000 |",
                   "|---|---|---|---|---|"]
         for r in ft:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = bu.resumed_results(out / f"{args.stem}.json", args, additive=("control",))
     results["machine"].update(bu.machine_info())
+    results.setdefault("env", {"MTD_FUSED_TRAINING": os.environ.get("MTD_FUSED_TRAINING", "")})
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         key = f"seed{seed}"
         folder = Path(args.work) / key
@@ -107,12 +109,18 @@ def write(results: dict, out: Path, stem: str) -> None:
         f.write(markdown(results))
 
 
+def env_text(results: dict) -> str:
+    """The environment switches the run was made with (``MTD_FUSED_TRAINING``), as a clause."""
+    fused = results.get("env", {}).get("MTD_FUSED_TRAINING")
+    return f", MTD_FUSED_TRAINING={fused}" if fused else ""
+
+
 def markdown(results: dict) -> str:
     m, steps = results["machine"], list(results["steps"].values())
     lines = ["# The README's main job, several seeds", "",
              f"Machine: {m['cpu']} ({m['avx']}, kernels {m['kernel_isa']}, {m['cores']} cores, torch {m['torch']}). "
              f"Command: `mtd compress --data <cifar10-jpeg.tar.gz> --seed S` {' '.join(results['args']['extra'])}"
-             f" in a fresh process per seed. Goal: >= {GOAL_RATIO:g}x within the 1-point budget in <= "
+             f" in a fresh process per seed{env_text(results)}. Goal: >= {GOAL_RATIO:g}x within the 1-point budget in <= "
              f"{GOAL_SECONDS / 60:g} minutes, in every run.", "",
              "| seed | baseline test acc | result | held-out drop (+margin) | test acc (drop) | rounds (ratio: drop) | "
              "baseline s | wall time |", "|---|---|---|---|---|---|---|---|"]

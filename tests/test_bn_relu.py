@@ -138,7 +138,12 @@ def test_bad_input_is_a_value_error(args, message):
                                        torch.ones(4), 1e-5, True)
 
 
-# ---- the training rewrite ----
+# ---- the training rewrite (opt-in: MTD_FUSED_TRAINING=1) ----
+
+@pytest.fixture(autouse=True)
+def _fused_training_on(monkeypatch):
+    monkeypatch.setenv("MTD_FUSED_TRAINING", "1")
+
 
 def small_net(momentum=0.1) -> nn.Sequential:
     torch.manual_seed(0)
@@ -220,16 +225,19 @@ def test_what_is_not_rewritten_and_what_falls_back():
     assert out.shape == ref.shape
 
 
-def test_restored_after_an_error_and_switch_off(monkeypatch):
+def test_restored_after_an_error_and_off_by_default(monkeypatch):
     net = small_net()
     with pytest.raises(RuntimeError, match="boom"):
         with fused_bn_relu(net):
             raise RuntimeError("boom")
     assert type(net[1]) is nn.BatchNorm2d and type(net[2]) is nn.ReLU
-    monkeypatch.setenv("MTD_FUSED_TRAINING", "0")
-    assert not fused_activations.enabled()
-    with fused_bn_relu(net) as runs:
-        assert runs == 0 and type(net[1]) is nn.BatchNorm2d
+    for value in ("0", ""):
+        monkeypatch.setenv("MTD_FUSED_TRAINING", value)
+        assert not fused_activations.enabled()
+        with fused_bn_relu(net) as runs:
+            assert runs == 0 and type(net[1]) is nn.BatchNorm2d
+    monkeypatch.delenv("MTD_FUSED_TRAINING")
+    assert not fused_activations.enabled()  # off by default
 
 
 def test_the_training_loops_use_it(monkeypatch):

@@ -122,7 +122,7 @@ def _train_one_epoch(model, loader, optimizer, scheduler, *, device, teacher, kd
     step): NaN/inf, or more than ``divergence_factor`` x the mean of the first losses seen (kept in
     ``reference``, which may carry over from earlier passes), raises :class:`DivergenceError` before the step
     is applied."""
-    # BatchNorm -> ReLU [-> pool] as one op while training on the CPU; the original modules come back afterwards
+    # with MTD_FUSED_TRAINING=1: BatchNorm -> ReLU [-> pool] as one op on the CPU, the modules restored afterwards
     with fused_bn_relu(unwrap_model(model)):
         model.train()
         reference = [] if reference is None else reference
