@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.inference import _chains_children
+from ..layers.rank_space import _is_pool2
 
 
 class BatchNormReLU2d(nn.BatchNorm2d):
@@ -96,8 +97,7 @@ def _runs(model: nn.Module) -> List[Tuple[nn.Sequential, List[str], bool]]:
             if uses[id(bn)] > 1 or uses[id(relu)] > 1 or _hooked(bn) or _hooked(relu):
                 continue
             pool = seq._modules[keys[i + 2]] if i + 2 < len(keys) else None
-            with_pool = (type(pool) is nn.MaxPool2d and uses[id(pool)] == 1 and _is_2x2(pool)
-                         and not _hooked(pool))
+            with_pool = pool is not None and _is_pool2(pool) and uses[id(pool)] == 1 and not _hooked(pool)
             found.append((seq, keys[i:i + (3 if with_pool else 2)], with_pool))
     return found
 
@@ -106,15 +106,6 @@ def _hooked(module: nn.Module) -> bool:
     """A module with hooks of its own: rewritten, they would silently stop firing."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks or getattr(module, "parametrizations", None))
-
-
-def _is_2x2(pool: nn.MaxPool2d) -> bool:
-    def pair(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride or pool.kernel_size) == (2, 2)
-            and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1) and not pool.ceil_mode
-            and not pool.return_indices)
 
 
 def enabled() -> bool:
