@@ -30,7 +30,9 @@ load changes on a shared machine hit all of them alike):
                         threads)
 
 The runtimes are optional (``pip install .[bench]``); without them their columns are left out.
-The time of a variant is the median over rounds of the mean of a few calls.  Writes
+The time of a variant is the median over rounds of the mean of a few calls, each round's calls after a 20 ms pause
+and one untimed call (mtd.report.latency.interleaved_times' settle_s: no variant is billed for the threads the
+previous one left spinning).  Writes
 benchmarks/results/e2e_cpu.{json,md} (machine, torch, threads and the load average recorded).
 
     python benchmarks/e2e_cpu.py            # full run (~10 min on 2 cores, mostly torch.compile)
@@ -58,7 +60,7 @@ import mtd  # noqa: E402
 from mtd.layers import CPConv2d, TuckerConv2d, get_module, prepare_inference, replace_module  # noqa: E402
 from mtd.planner.layer_factory import empty_layer  # noqa: E402
 from mtd.planner.baselines import uniform_cp_rank, uniform_tucker_ranks  # noqa: E402
-from mtd.report.latency import RUNTIMES, interleaved_times, runtime_sessions, runtime_versions  # noqa: E402
+from mtd.report.latency import RUNTIMES, SETTLE_S, interleaved_times, runtime_sessions, runtime_versions  # noqa: E402
 
 RATIO = 32  # each compressed conv keeps 1/RATIO of its parameters
 KINDS = ("cp", "tucker", "mix")  # and "plan-<model>" for each --plan-from
@@ -156,7 +158,8 @@ def runtime_variants(model: nn.Module, x: torch.Tensor, folder: str, threads: in
 
 def measure(variants: Dict[str, Callable], x: torch.Tensor, rounds: int, calls: int) -> Dict[str, List[float]]:
     """Per variant, the ms per call of each round; the rounds interleave the variants."""
-    return interleaved_times({name: functools.partial(fn, x) for name, fn in variants.items()}, rounds, calls)
+    return interleaved_times({name: functools.partial(fn, x) for name, fn in variants.items()}, rounds, calls,
+                             settle_s=SETTLE_S)
 
 
 def check_outputs(variants: Dict[str, Callable], x: torch.Tensor) -> Dict[str, float]:
@@ -197,7 +200,8 @@ def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict])
              f"Machine: {meta['machine']['cpu']} ({meta['machine'].get('avx', '?')}), {meta['machine']['threads']} threads, torch "
              f"{meta['machine']['torch']}" + "".join(f", {k} {v}" for k, v in meta.get("runtimes", {}).items()) +
              f"; load average before/after: {meta['load_before']} / {meta['load_after']}. "
-             f"Median over {meta['rounds']} interleaved rounds of {meta['calls']} calls (ms per batch).", "",
+             f"Median over {meta['rounds']} interleaved rounds of {meta['calls']} calls, each after a "
+             f"{meta.get('settle_ms', 0):g} ms pause and one untimed call (ms per batch).", "",
              "| model | batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['batch']} | " + " | ".join(f"{r['median_ms'][n]:.2f}" for n in names) + " |")
@@ -296,6 +300,7 @@ def write_results(out: str, args, ratio: float, load_before: List[float], rows: 
     summary = summarise(rows)
     meta = {"machine": bu.machine_info(), "load_before": load_before, "load_after": load_average(),
             "param_ratio": ratio, "rounds": args.rounds, "calls": "5 (batch 1) / 1 (batch 64)",
+            "settle_ms": SETTLE_S * 1e3,
             "mtd_cpu_path": os.environ.get("MTD_CPU_PATH", "auto"), "quick": args.quick, "runtimes": runtime_versions()}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".json.tmp"

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -35,6 +36,33 @@ at::Tensor rank_bridge_cpu(const at::Tensor& input, at::TensorList spatial, cons
 // from rank_run_pack(weights, meta) (empty: packed during the call).
 at::Tensor rank_run_cpu(const at::Tensor& input, at::TensorList weights, at::IntArrayRef meta, at::TensorList packed);
 std::vector<at::Tensor> rank_run_pack(at::TensorList weights, at::IntArrayRef meta);
+
+// rank_run's CPU kernel bound to its weights, split and packed once: what RankSpaceRun calls at inference without
+// autograd, so that a batch-1 call pays neither the dispatcher's conversion of every weight and meta entry nor
+// the per-call split and checks of the packed list. Not an op: traced, compiled and exported calls use rank_run.
+class RankRunPlan {
+ public:
+  RankRunPlan(std::vector<at::Tensor> weights, const std::vector<int64_t>& meta);
+  // True when `weights` are the very tensors packed, none changed since (in place: version counter; cast or
+  // moved: data pointer and dtype).
+  bool packed_from(const std::vector<at::Tensor>& weights) const;
+  // The packed factors, as rank_run takes them (for its autograd and autocast calls).
+  const std::vector<at::Tensor>& packed() const;
+  // rank_run(input, weights, meta, packed) without autograd; ValueError if a weight changed since packing.
+  at::Tensor operator()(const at::Tensor& input) const;
+
+ private:
+  struct Bridges;  // cpu::Bridge list and packed factors (rank_run.cpp)
+  struct Stamp {
+    int64_t version;
+    const void* data;
+    at::ScalarType dtype;
+  };
+  bool unchanged(size_t i, const at::Tensor& w) const;
+  std::vector<at::Tensor> weights_;
+  std::vector<Stamp> stamps_;
+  std::shared_ptr<const Bridges> bridges_;
+};
 
 // Training-mode BatchNorm (batch statistics) -> ReLU [-> 2x2 max-pool]: (output, batch mean, biased batch variance)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_cpu(const at::Tensor& input, const at::Tensor& weight,

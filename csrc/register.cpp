@@ -40,6 +40,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return mtd::rank_run_pack(weights, meta);
         },
         "The packed factors torch.ops.mtd.rank_run takes as `packed` (its weights and meta; see ops/rank_run.py)");
+  py::class_<mtd::RankRunPlan>(m, "RankRunPlan",
+                                "rank_run's CPU kernel on weights packed once (mtd_kernels/ops/rank_run.py), no autograd")
+      .def(py::init<std::vector<at::Tensor>, const std::vector<int64_t>&>(), py::arg("weights"), py::arg("meta"))
+      .def("packed_from", &mtd::RankRunPlan::packed_from, py::arg("weights"),
+           "True when these are the packed weights, unchanged since")
+      .def("packed", &mtd::RankRunPlan::packed, "The packed factors, as torch.ops.mtd.rank_run takes them")
+      .def("__call__", &mtd::RankRunPlan::operator(), py::arg("input"), py::call_guard<py::gil_scoped_release>());
   m.def("cpu_isa", &mtd::cpu::isa_name, "The instruction set the CPU micro-kernels picked at load time");
 #ifdef MTD_WITH_CUDA
   m.def("cp_conv2d_cuda", &mtd::cp_conv2d_cuda);

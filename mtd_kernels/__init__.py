@@ -56,6 +56,13 @@ def rank_run_pack(weights, meta) -> list:
     return list(_ext.rank_run_pack(list(weights), [int(m) for m in meta])) if _ext is not None else []
 
 
+def rank_run_plan(weights, meta):
+    """``torch.ops.mtd.rank_run``'s CPU kernel bound to ``weights`` (split and packed once), or None without the
+    compiled extension. ``plan(x)`` runs it without autograd or the dispatcher (the speed of a batch-1 call);
+    ``plan.packed_from(weights)`` says whether these are still the very tensors packed, none changed in place."""
+    return _ext.RankRunPlan(list(weights), [int(m) for m in meta]) if _ext is not None else None
+
+
 def cuda_extension_available() -> bool:
     """True when the extension was built with the hand-written CUDA kernels."""
     return _ext is not None and bool(getattr(_ext, "has_cuda", lambda: False)())

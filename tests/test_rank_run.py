@@ -63,6 +63,34 @@ def test_packed_factors_serve_every_input_shape():
         assert rel_err(got, reference.rank_run_ref(xi, weights, meta, [])) <= TOL[torch.float64]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name", list(RUN_CASES))
+def test_packed_plan_is_the_op(name, dtype):
+    """mtd_kernels.rank_run_plan (the no-grad CPU call of RankSpaceRun): the op's numbers on every case, any batch,
+    map size and layout; its packed factors are rank_run_pack's."""
+    x, weights, meta, _ = make_run_args(name, dtype)
+    plan = mtd_kernels.rank_run_plan(weights, meta)
+    for xi in (x, x[:1], x.contiguous()):
+        torch.testing.assert_close(plan(xi), torch.ops.mtd.rank_run(xi, weights, meta, []), rtol=0, atol=0)
+    for a, b in zip(plan.packed(), mtd_kernels.rank_run_pack(weights, meta), strict=True):
+        assert torch.equal(a, b)
+    assert plan.packed_from(weights) and not plan.packed_from(weights[:-1])
+    assert not plan.packed_from([w.clone() for w in weights])  # equal values, other tensors
+
+
+def test_packed_plan_refuses_changed_weights_and_other_inputs():
+    x, weights, meta, _ = make_run_args("vgg-start", torch.float32)
+    plan = mtd_kernels.rank_run_plan(weights, meta)
+    with pytest.raises(ValueError, match="dtype"):
+        plan(x.double())
+    weights[1].mul_(2.0)  # in place: its version counter moves
+    assert not plan.packed_from(weights)
+    with pytest.raises(ValueError, match="changed"):
+        plan(x)
+    weights[1].data = weights[1].data.clone()  # same tensor, new storage (what Module.to / .double do)
+    assert not plan.packed_from(weights)
+
+
 def test_activation_buffers_are_reused_safely_across_shapes_runs_and_threads():
     """The activations between bridges live in per-thread buffers reused by later calls: results stay right when
     the shapes change and back, a result handed out is never overwritten by a later call, another run of the
@@ -209,14 +237,14 @@ def test_factors_are_packed_again_when_they_change(vgg, monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         prepared(x)
-        first_pack = run._packed[1]
+        first_pack = run._packed
         prepared(x)
-        assert run._packed[1] is first_pack  # unchanged weights: packed once
+        assert run._packed is first_pack  # unchanged weights: packed once
         run.bridges[1].w_last.mul_(2.0)  # in place: the version counter moves
         monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
         expected = prepared(x)
         monkeypatch.setenv("MTD_RANK_SPACE", "run")
-        assert rel_err(prepared(x), expected) < 1e-5 and run._packed[1] is not first_pack
+        assert rel_err(prepared(x), expected) < 1e-5 and run._packed is not first_pack
         run.bridges[3].w_last = torch.nn.Parameter(run.bridges[3].w_last * 0.5, requires_grad=False)  # replaced
         monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
         expected = prepared(x)
@@ -224,9 +252,40 @@ def test_factors_are_packed_again_when_they_change(vgg, monkeypatch):
         assert rel_err(prepared(x), expected) < 1e-5
         prepared.double()  # cast: packed again in float64
         out = prepared(x.double())
-        assert out.dtype == torch.float64 and run._packed[1][0].dtype == torch.float64
+        assert out.dtype == torch.float64 and run._packed.packed()[0].dtype == torch.float64
         monkeypatch.setenv("MTD_RANK_SPACE", "bridge")
         assert rel_err(out, prepared(x.double())) < 1e-12
+
+
+def test_the_run_path_with_autograd_autocast_and_copies(vgg, monkeypatch):
+    """Without autograd the packed kernel runs directly; with grad enabled, or under autocast, the call goes through
+    the op (its autograd and autocast rules) on the same packed factors; copies and pickles of a prepared model
+    pack again on their first call."""
+    import copy
+    import io
+
+    monkeypatch.setenv("MTD_RANK_SPACE", "run")
+    prepared, run = _prepared_run(vgg)
+    for p in prepared.parameters():
+        p.requires_grad_(True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = prepared(x)
+    out = prepared(x)  # grad enabled, the input needs none: the op, differentiable in the weights
+    assert out.grad_fn is not None and rel_err(out, expected) < 1e-6
+    out.sum().backward()
+    assert all(b.spatial[0].grad is not None for b in run.bridges)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = prepared(x)
+    assert low.dtype == torch.bfloat16 and rel_err(low.float(), expected) < 0.1
+    with torch.no_grad():
+        twin = copy.deepcopy(prepared)
+        buf = io.BytesIO()
+        torch.save(prepared, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)  # (a test's own file: full unpickling)
+        for other in (twin, loaded):
+            assert rel_err(other(x), expected) < 1e-6
 
 
 def test_the_run_path_is_timed_with_the_others(vgg, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mtd.layers import CPConv2d
-from mtd.report.latency import compare_speed, runtime_sessions, speed_lines
+from mtd.report.latency import compare_speed, interleaved_times, runtime_sessions, speed_lines
 from mtd.utils.machine import cpu_features, describe_cpu
 
 
@@ -38,6 +38,19 @@ def test_compare_speed_measures_every_variant_and_changes_no_model():
     title, table = speed_lines(speed)
     assert speed["cpu"] in title and "mtd (prepared)" in table and "x)" in table
     assert speed_lines(speed, markdown=True)[1].startswith("| batch |")
+
+
+def test_interleaved_times_settles_before_each_callable():
+    """With settle_s, each callable's timed calls of a round follow its own untimed call, right after the pause:
+    the order of calls shows it (a, a, b, b warm-up; then per round: a untimed, a x calls, b untimed, b x calls)."""
+    log = []
+    fns = {"a": lambda: log.append("a"), "b": lambda: log.append("b")}
+    times = interleaved_times(fns, rounds=3, calls=2, settle_s=0.001)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert log == ["a", "a", "b", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    log.clear()
+    interleaved_times(fns, rounds=1, calls=2)  # no settling: no untimed call
+    assert log == ["a", "a", "b", "b", "a", "a", "b", "b"]
 
 
 def test_the_runtimes_run_the_compressed_model_itself(tmp_path):

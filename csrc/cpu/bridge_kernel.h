@@ -7,7 +7,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "cpu/fused_common.h"
@@ -39,6 +41,37 @@ struct BridgeShape {
   bool pool;
 };
 
+// at::parallel_for over [begin, end) on `threads` threads; inline when one thread (a bridge too small to pay
+// for a parallel region: at batch 1 a region's start-up and join cost more than a 2x2 map's arithmetic).
+template <typename F>
+void for_tasks(int64_t threads, int64_t begin, int64_t end, const F& f) {
+  if (threads <= 1) {
+    if (begin < end) f(begin, end);
+  } else {
+    at::parallel_for(begin, end, 1, f);
+  }
+}
+
+// One stage of work inside a parallel region: its tasks claimed one at a time by whichever thread of the region is
+// free, and no thread leaves before every task has finished (the next stage reads what this one wrote). Several
+// stages in one region cost one region's start-up and join instead of one per stage -- at batch 1, a few
+// microseconds against stages of a few microseconds -- and any number of threads finishes them, one included.
+struct StageCounter {
+  std::atomic<int64_t> next{0}, done{0};
+};
+
+template <typename F>
+void run_stage(StageCounter& c, int64_t tasks, const F& f) {
+  for (int64_t i = c.next.fetch_add(1, std::memory_order_relaxed); i < tasks;
+       i = c.next.fetch_add(1, std::memory_order_relaxed)) {
+    f(i, i + 1);
+    c.done.fetch_add(1, std::memory_order_release);
+  }
+  for (int spins = 0; c.done.load(std::memory_order_acquire) < tasks; ++spins) {
+    if (spins > 4096) std::this_thread::yield();  // the other thread was descheduled: give it the core
+  }
+}
+
 // Fewer tasks than threads (batch 1 on a map of at most 16x16: one task an image): instead of leaving threads idle,
 // the bridge runs as three parallel stages over all its pixels, each split where it is widest: the spatial stage
 // over output rows, H = relu(V W_last^T + b) and its pooling over T, and the product with W_next over R.
@@ -61,7 +94,7 @@ void bridge_wide(const T* xp, T* op, const Middle& mid, const Window& g, const P
   // 1. V: the spatial stage, output rows split over the threads (per image)
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, (threads + s.n - 1) / s.n));
   const int64_t rpc = (rows + chunks - 1) / chunks;
-  at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
+  auto spatial = [&](int64_t begin, int64_t end) {
     T* extra = thread_scratch<T>(mid.extra_elems(rpc) + 16);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t img = task / chunks, oh0 = (task % chunks) * rpc, oh1 = std::min(rows, oh0 + rpc);
@@ -74,12 +107,12 @@ void bridge_wide(const T* xp, T* op, const Middle& mid, const Window& g, const P
         std::fill(vt, vt + (oh1 - oh0) * g.wo * r2, T(0));
       }
     }
-  });
+  };
   // 2. H = relu(V W_last^T + bias) (or V's own epilogue), then the 2x2 pool: T split over the threads
   T* pooled = next == nullptr ? op : h;  // (P_o, T): the output, or H's own first rows
   const int64_t ld_pooled = next == nullptr ? rn : ld_h;
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads, (t + 15) / 16));
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  auto middle = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const auto [c0, c1] = channel_block(t, blocks, b);
       if (c0 >= c1) continue;
@@ -94,24 +127,29 @@ void bridge_wide(const T* xp, T* op, const Middle& mid, const Window& g, const P
         for (int64_t q = 0; q < p; ++q) std::copy(h + q * ld_h + c0, h + q * ld_h + c1, op + q * rn + c0);
       }
     }
-  });
-  if (next == nullptr) return;
+  };
   // 3. out (P_o, R) = H W_next^T: R split over the threads
   const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads, (rn + 15) / 16));
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+  auto product = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const auto [c0, c1] = channel_block(rn, nblocks, b);
       (*next)(p_o, pooled, ld_pooled, op + c0, rn, c0, c1, false, nullptr, false);
     }
+  };
+  StageCounter c_spatial, c_middle, c_product;
+  for_tasks(threads, 0, threads, [&](int64_t, int64_t) {  // one region, the three stages in it
+    run_stage(c_spatial, s.n * chunks, spatial);
+    run_stage(c_middle, blocks, middle);
+    if (next != nullptr) run_stage(c_product, nblocks, product);
   });
 }
 
 // `reuse`: a channels_last tensor of the output's shape and dtype to write into (torch.ops.mtd.rank_run's
-// activation buffers), or undefined to allocate the output.
+// activation buffers), or undefined to allocate the output. `threads`: at most this many (0: at::get_num_threads()).
 template <typename T, typename Middle>
 at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const Window& g, const Pointwise<T>* last,
                         const T* bias, const Pointwise<T>* next, const BridgeShape& s, bool relu,
-                        at::Tensor reuse = at::Tensor()) {
+                        at::Tensor reuse = at::Tensor(), int64_t threads = 0) {
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, R1) pixel-major
   at::Tensor out = reuse.defined() ? std::move(reuse)
                                    : at::empty({s.n, s.r_out, s.hp, s.wp},
@@ -121,7 +159,7 @@ at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const Window
   const int64_t r1 = mid.r1, r2 = mid.r2, t = s.t, rn = s.r_out;
   const int64_t step = s.pool ? 2 : 1;
   const int64_t rows_needed = s.pool ? 2 * s.hp : g.ho;  // an odd last row is dropped by the floor pool
-  const int64_t threads = at::get_num_threads();
+  if (threads <= 0) threads = at::get_num_threads();
 
   // Tasks: row chunks of one image, or whole images (several per task) when an image is small.
   int64_t rpc = rows_needed, ipt = 1;
@@ -149,7 +187,7 @@ at::Tensor bridge_fused(const at::Tensor& input, const Middle& mid, const Window
   const int64_t v_elems = round16(p_max * r2), e_elems = round16(mid.extra_elems(rpc));
   const int64_t h_elems = last != nullptr && !direct ? round16(p_max * tc) : 0;
 
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  for_tasks(threads, 0, tasks, [&](int64_t begin, int64_t end) {
     T* v = thread_scratch<T>(v_elems + e_elems + h_elems + 16);
     T* extra = v + v_elems;
     T* hbuf = extra + e_elems;

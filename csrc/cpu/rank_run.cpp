@@ -6,6 +6,9 @@
 // and threads cost more than the product. Here the factors are packed once (rank_run_pack, kept by the caller
 // between calls) and every bridge of the run goes straight to the fused kernel (cpu/bridge_kernel.h) from one
 // C++ loop. Inputs the fused kernel does not take (bf16, ...) run each bridge's ATen chain instead.
+// RankRunPlan (ops.h) holds the split bridges and packed factors of one run: RankSpaceRun's no-grad CPU calls go to
+// it straight from Python, without the dispatcher converting ~30 weights and ~100 meta integers per call and the
+// Python autograd layer of the op (together ~40 us of a ~250 us batch-1 VGG11 call).
 #include "cpu/bridge_kernel.h"
 #include "cpu/fused_common.h"
 #include "cpu/middle_stages.h"
@@ -13,6 +16,8 @@
 #include "cpu/small_gemm.h"
 #include "op_checks.h"
 #include "ops.h"
+
+#include <c10/core/GradMode.h>
 
 #include <array>
 #include <optional>
@@ -153,7 +158,7 @@ at::MemoryFormat out_layout(const at::Tensor& x) {
 // One bridge on the fused kernel with its packed factors; x is the bridge's checked input.
 template <typename T>
 at::Tensor run_packed(const at::Tensor& x, const Bridge& b, const at::Tensor* pk, const Window& g, int64_t r2,
-                      const BridgeShape& s, at::Tensor reuse) {
+                      const BridgeShape& s, at::Tensor reuse, int64_t threads) {
   const int64_t r1 = x.size(1), t = s.t;
   std::optional<Pointwise<T>> last, next;
   const at::Tensor* rest = pk + (b.cp4() ? 2 : 3);
@@ -168,17 +173,17 @@ at::Tensor run_packed(const at::Tensor& x, const Bridge& b, const at::Tensor* pk
   const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
   if (b.cp4()) {
     const Cp4Separable<T> mid{r1, r1, pk[0].data_ptr<T>(), pk[1].data_ptr<T>(), g};
-    return bridge_fused<T>(x, mid, g, lp, bp, np, s, b.relu, std::move(reuse));
+    return bridge_fused<T>(x, mid, g, lp, bp, np, s, b.relu, std::move(reuse), threads);
   }
   if (b.spatial[0].size(1) == 1 && r1 > 1) {  // depthwise, as rank_bridge decides
     const CpDepthwise<T> mid{r1, r1, pk[0].data_ptr<T>(), g};
-    return bridge_fused<T>(x, mid, g, lp, bp, np, s, b.relu, std::move(reuse));
+    return bridge_fused<T>(x, mid, g, lp, bp, np, s, b.relu, std::move(reuse), threads);
   }
   const bool tap_major = r2 < x.size(0) * g.ho * g.wo;  // as rank_bridge and tucker_conv2d decide
   const at::Tensor& core = pk[tap_major ? 2 : 1];
   const TuckerCore<T> mid(r1, r2, g, tap_major,
                           Pointwise<T>(b.spatial[0].data_ptr<T>(), r2, core.size(0), core.data_ptr<T>(), core.size(1)));
-  return bridge_fused<T>(x, mid, g, lp, bp, np, s, b.relu, std::move(reuse));
+  return bridge_fused<T>(x, mid, g, lp, bp, np, s, b.relu, std::move(reuse), threads);
 }
 
 // The shapes pack_bridge gives this bridge.
@@ -221,6 +226,52 @@ void check_packed(const std::vector<Bridge>& bridges, at::TensorList packed, con
 }
 
 }  // namespace
+
+// Multiply-adds below which a bridge runs on the calling thread alone: at batch 1 the last bridges of a VGG (2x2
+// maps) do ~0.1-0.2 M, a few microseconds of arithmetic, less than what three parallel regions' start-up and joins
+// cost. Measured on 2-core Zen 4 (a VGG11 plan at batch 1, each bridge alone): the 2x2 bridges 1-2 us faster
+// alone; the 4x4 ones (0.4-0.5 M) and everything larger faster on both threads.
+constexpr int64_t kSerialMacs = 300000;
+
+at::Tensor run_bridges(const at::Tensor& input, const std::vector<Bridge>& bridges, const at::Tensor* pk) {
+  at::Tensor x = input;
+  const int64_t threads = at::get_num_threads();
+  for (size_t i = 0; i < bridges.size(); ++i) {
+    const Bridge& b = bridges[i];
+    int64_t r2 = 0;
+    Window g{};
+    try {  // the bridge's own checks (op_checks.h, as rank_bridge makes them), naming the bridge
+      r2 = check_bridge(x, b.spatial, b.w_last, b.bias, b.w_next, b.stride, b.padding, b.dilation);
+      const int64_t kh = b.spatial[0].size(2), kw = b.cp4() ? b.spatial[1].size(3) : b.spatial[0].size(3);
+      g = make_window("rank_bridge", x, kh, kw, b.stride, b.padding, b.dilation);
+      TORCH_CHECK_VALUE(!b.pool || (g.ho >= 2 && g.wo >= 2), "mtd.rank_bridge: the ", g.ho, "x", g.wo,
+                        " map is too small for the 2x2 max-pool");
+    } catch (const c10::ValueError& e) {  // its input is the previous bridge's output: say which bridge
+      TORCH_CHECK_VALUE(false, "mtd.rank_run: bridge ", i, " (input ", x.sizes(), "): ", e.what_without_backtrace());
+    }
+    const int64_t t = b.w_last ? b.w_last->size(0) : r2;
+    const BridgeShape s{x.size(0), t, b.w_next ? b.w_next->size(0) : t, b.pool ? g.ho / 2 : g.ho,
+                        b.pool ? g.wo / 2 : g.wo, b.pool};
+    if (!fused_supported(x, x.size(1), r2, t)) {
+      x = bridge_chain(x, b.spatial, b.w_last, b.bias, b.w_next, b.stride, b.padding, b.dilation, b.relu, b.pool);
+    } else {
+      const at::Tensor& s0 = b.spatial[0];
+      const int64_t r1 = x.size(1), pixels = s.n * g.ho * g.wo;
+      const int64_t taps = s0.size(2) * (b.cp4() ? 1 : s0.size(3));
+      const int64_t spatial = b.cp4() ? r1 * (s0.size(2) + b.spatial[1].size(3)) : s0.size(1) == 1 ? r1 * taps
+                                                                                                   : r1 * r2 * taps;
+      const int64_t macs = pixels * (spatial + (b.w_last ? r2 * t : 0)) + s.n * s.hp * s.wp * t * s.r_out;
+      // every bridge but the last writes into a pooled buffer; the result is the caller's own tensor
+      at::Tensor reuse = i + 1 < bridges.size() ? activation_buffer(i, s, x) : at::Tensor();
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rank_run_cpu", [&] {
+        x = run_packed<scalar_t>(x, b, pk, g, r2, s, std::move(reuse), macs < kSerialMacs ? 1 : threads);
+      });
+    }
+    pk += b.n_packed();
+  }
+  return x.contiguous(out_layout(input));
+}
+
 }  // namespace cpu
 
 std::vector<at::Tensor> rank_run_pack(at::TensorList weights, at::IntArrayRef meta) {
@@ -238,37 +289,49 @@ at::Tensor rank_run_cpu(const at::Tensor& input, at::TensorList weights, at::Int
   } else {
     cpu::check_packed(bridges, packed, input);
   }
-  at::Tensor x = input;
-  const at::Tensor* pk = packed.data();
-  for (size_t i = 0; i < bridges.size(); ++i) {
-    const cpu::Bridge& b = bridges[i];
-    int64_t r2 = 0;
-    cpu::Window g{};
-    try {  // the bridge's own checks (op_checks.h, as rank_bridge makes them), naming the bridge
-      r2 = check_bridge(x, b.spatial, b.w_last, b.bias, b.w_next, b.stride, b.padding, b.dilation);
-      const int64_t kh = b.spatial[0].size(2), kw = b.cp4() ? b.spatial[1].size(3) : b.spatial[0].size(3);
-      g = cpu::make_window("rank_bridge", x, kh, kw, b.stride, b.padding, b.dilation);
-      TORCH_CHECK_VALUE(!b.pool || (g.ho >= 2 && g.wo >= 2), "mtd.rank_bridge: the ", g.ho, "x", g.wo,
-                        " map is too small for the 2x2 max-pool");
-    } catch (const c10::ValueError& e) {  // its input is the previous bridge's output: say which bridge
-      TORCH_CHECK_VALUE(false, "mtd.rank_run: bridge ", i, " (input ", x.sizes(), "): ", e.what_without_backtrace());
-    }
-    const int64_t t = b.w_last ? b.w_last->size(0) : r2;
-    const cpu::BridgeShape s{x.size(0), t, b.w_next ? b.w_next->size(0) : t, b.pool ? g.ho / 2 : g.ho,
-                             b.pool ? g.wo / 2 : g.wo, b.pool};
-    if (!cpu::fused_supported(x, x.size(1), r2, t)) {
-      x = cpu::bridge_chain(x, b.spatial, b.w_last, b.bias, b.w_next, b.stride, b.padding, b.dilation, b.relu,
-                            b.pool);
-    } else {
-      // every bridge but the last writes into a pooled buffer; the result is the caller's own tensor
-      at::Tensor reuse = i + 1 < bridges.size() ? cpu::activation_buffer(i, s, x) : at::Tensor();
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rank_run_cpu", [&] {
-        x = cpu::run_packed<scalar_t>(x, b, pk, g, r2, s, std::move(reuse));
-      });
-    }
-    pk += b.n_packed();
+  return cpu::run_bridges(input, bridges, packed.data());
+}
+
+struct RankRunPlan::Bridges {
+  std::vector<cpu::Bridge> bridges;
+  std::vector<at::Tensor> packed;
+};
+
+RankRunPlan::RankRunPlan(std::vector<at::Tensor> weights, const std::vector<int64_t>& meta)
+    : weights_(std::move(weights)) {
+  c10::NoGradGuard no_grad;  // the packed copies are constants, never part of a graph
+  auto b = std::make_shared<Bridges>();
+  b->bridges = cpu::split(weights_, meta);
+  b->packed = rank_run_pack(weights_, meta);
+  bridges_ = std::move(b);
+  for (const at::Tensor& w : weights_) stamps_.push_back({w._version(), w.data_ptr(), w.scalar_type()});
+}
+
+bool RankRunPlan::unchanged(size_t i, const at::Tensor& w) const {
+  const Stamp& s = stamps_[i];
+  return w._version() == s.version && w.data_ptr() == s.data && w.scalar_type() == s.dtype;
+}
+
+bool RankRunPlan::packed_from(const std::vector<at::Tensor>& weights) const {
+  if (weights.size() != weights_.size()) return false;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (!weights[i].is_same(weights_[i]) || !unchanged(i, weights[i])) return false;
   }
-  return x.contiguous(cpu::out_layout(input));
+  return true;
+}
+
+const std::vector<at::Tensor>& RankRunPlan::packed() const { return bridges_->packed; }
+
+at::Tensor RankRunPlan::operator()(const at::Tensor& input) const {
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    TORCH_CHECK_VALUE(unchanged(i, weights_[i]), "mtd.RankRunPlan: weight ", i,
+                      " changed (in place, cast or moved) since it was packed; make a new plan");
+  }
+  TORCH_CHECK_VALUE(input.device().is_cpu() && !weights_.empty() && input.scalar_type() == weights_[0].scalar_type(),
+                    "mtd.RankRunPlan: the input must be a CPU tensor of the weights' dtype, got ", input.scalar_type(),
+                    " on ", input.device());
+  c10::NoGradGuard no_grad;
+  return cpu::run_bridges(input, bridges_->bridges, bridges_->packed.data());
 }
 
 }  // namespace mtd

@@ -74,7 +74,8 @@ class RankSpaceRun(nn.Module):
     """A run of convs regrouped into rank space: the entry 1x1 (if any), then the bridges.
 
     Three ways to compute it: ``"run"``, the entry and every bridge in one ``torch.ops.mtd.rank_run`` call on
-    factors packed once (packed again when a weight changes: its version counter moves); ``"bridge"``, one
+    factors packed once (``mtd_kernels.rank_run_plan``, packed again when a weight is replaced, changed in place,
+    cast or moved; on the CPU without autograd the packed kernel is called directly, no dispatcher); ``"bridge"``, one
     ``rank_bridge`` call per bridge; ``"layers"``, the same run one module per layer (each conv's own fused op).
     On the CPU the first call of each input shape times them, alternating, and keeps the fastest;
     ``MTD_RANK_SPACE=run|bridge|layers`` forces one, ``auto`` (the default) measures. Traced, compiled, exported,
@@ -88,7 +89,7 @@ class RankSpaceRun(nn.Module):
         self.layers = layers
         self._choice: Dict[tuple, str] = {}
         self._plan: Optional[tuple] = None  # see _run_plan
-        self._packed: tuple = ((), [])  # ([(weight, its version)] packed from, mtd_kernels.rank_run_pack's tensors)
+        self._packed = None  # mtd_kernels.rank_run_plan: the factors packed once, for the CPU calls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self._path(x)
@@ -99,6 +100,11 @@ class RankSpaceRun(nn.Module):
         if path == "run":
             return self._run(x)
         return self.layers(x) if path == "layers" else self._bridged(x)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"] = None  # a C++ object (neither copied nor pickled): remade by the next call
+        return state
 
     def run_arguments(self) -> Tuple[List[torch.Tensor], List[int]]:
         """(weights, meta) of the ``torch.ops.mtd.rank_run`` call that computes this run (the entry 1x1 is its
@@ -130,14 +136,15 @@ class RankSpaceRun(nn.Module):
         weights, meta = self.run_arguments()
         if x.device.type != "cpu" or isinstance(x, FakeTensor) or torch.compiler.is_compiling():
             return torch.ops.mtd.rank_run(x, weights, meta, [])  # traced (MTD_RANK_SPACE=run) or not on the CPU
-        packed_from, packed = self._packed
-        if (len(packed_from) != len(weights) or packed and (packed[0].dtype, packed[0].device) != (
-                weights[0].dtype, weights[0].device) or any(w is not old or w._version != version
-                                                             for w, (old, version) in zip(weights, packed_from))):
+        plan = getattr(self, "_packed", None)  # (absent from a module unpickled from an older mtd)
+        if plan is None or not plan.packed_from(weights):
             # first call, or a weight was replaced, changed in place (its version moved), cast or moved
-            packed = mtd_kernels.rank_run_pack(weights, meta)
-            self._packed = ([(w, w._version) for w in weights], packed)
-        return torch.ops.mtd.rank_run(x, weights, meta, packed)
+            plan = self._packed = mtd_kernels.rank_run_plan(weights, meta)
+            if plan is None:  # no compiled extension
+                return torch.ops.mtd.rank_run(x, weights, meta, [])
+        if torch.is_grad_enabled() or x.dtype != weights[0].dtype or torch.is_autocast_enabled("cpu"):
+            return torch.ops.mtd.rank_run(x, weights, meta, plan.packed())  # through the op's autograd / autocast
+        return plan(x)  # inference: the kernel on its packed factors, no dispatcher or autograd between
 
     def _bridged(self, x: torch.Tensor) -> torch.Tensor:
         if self.entry is not None:

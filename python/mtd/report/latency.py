@@ -40,6 +40,7 @@ def forward_latency_ms(model: nn.Module, batch_size: int, image_hw: tuple = (32,
 
 
 RUNTIMES = ("onnxruntime", "openvino")  # the deployment runtimes a CPU user could run mtd.export_onnx's file on
+SETTLE_S = 0.02  # interleaved_times' pause before each model's calls when runtimes are compared
 
 
 def runtime_sessions(model: nn.Module, x: torch.Tensor, folder: str, threads: int) -> dict[str, Callable[[], Any]]:
@@ -94,21 +95,32 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
-def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, float]:
+def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, calls: int, settle_s: float = 0.0
+                   ) -> dict[str, float]:
     """Median over ``rounds`` of the mean ms of ``calls`` calls (:func:`interleaved_times`)."""
-    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, rounds, calls).items()}
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, rounds, calls, settle_s).items()}
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, calls: int, settle_s: float = 0.0
+                      ) -> dict[str, list[float]]:
     """Per callable, the mean ms of ``calls`` calls in each of ``rounds`` rounds, each round running every
     callable in turn (load changes hit all alike), after two warm-up calls each (oneDNN primitives, mtd's
-    per-shape path choice)."""
+    per-shape path choice).
+
+    ``settle_s`` > 0: before each callable's calls of a round, a pause of that long and one untimed call. Runtimes
+    keep their worker threads spinning for a while after a call (onnxruntime's intra-op pool, OpenVINO's, an
+    OpenMP team); on a machine with as many cores as threads, those would still hold the cores during the next
+    callable's calls and bill it for them. With the pause each callable is timed in its own steady state, as a
+    user running only that one sees it. Use it for sub-millisecond calls, where this matters."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
         fn()
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle_s > 0:
+                time.sleep(settle_s)
+                fn()
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
@@ -140,7 +152,7 @@ def compare_speed(original: nn.Module, compressed: nn.Module, example: torch.Ten
         with tempfile.TemporaryDirectory() as folder:  # the runtimes have read the file when it goes
             if runtimes:
                 fns.update(runtime_sessions(plain, x, folder, threads))
-        medians = interleaved_ms(fns, rounds, calls=5 if batch == 1 else 1)
+        medians = interleaved_ms(fns, rounds, calls=5 if batch == 1 else 1, settle_s=SETTLE_S)
         rows.append({"batch": batch, **{f"{name}_ms": round(ms, 3) for name, ms in medians.items()}})
     timed = {k: v for k, v in runtime_versions().items() if any(f"{k}_ms" in r for r in rows)}
     return {"cpu": describe_cpu(), "threads": threads, "runtimes": timed, "rounds": rounds, "rows": rows}
