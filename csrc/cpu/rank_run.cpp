@@ -260,7 +260,8 @@ at::Tensor run_bridges(const at::Tensor& input, const std::vector<Bridge>& bridg
       const int64_t taps = s0.size(2) * (b.cp4() ? 1 : s0.size(3));
       const int64_t spatial = b.cp4() ? r1 * (s0.size(2) + b.spatial[1].size(3)) : s0.size(1) == 1 ? r1 * taps
                                                                                                    : r1 * r2 * taps;
-      const int64_t macs = pixels * (spatial + (b.w_last ? r2 * t : 0)) + s.n * s.hp * s.wp * t * s.r_out;
+      const int64_t macs =
+          pixels * (spatial + (b.w_last ? r2 * t : 0)) + (b.w_next ? s.n * s.hp * s.wp * t * s.r_out : 0);
       // every bridge but the last writes into a pooled buffer; the result is the caller's own tensor
       at::Tensor reuse = i + 1 < bridges.size() ? activation_buffer(i, s, x) : at::Tensor();
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rank_run_cpu", [&] {
