@@ -62,10 +62,14 @@ struct StageCounter {
 
 template <typename F>
 void run_stage(StageCounter& c, int64_t tasks, const F& f) {
+  struct Done {  // counted even if f throws (say, out of memory), so that no other thread waits for it forever
+    StageCounter& c;
+    ~Done() { c.done.fetch_add(1, std::memory_order_release); }
+  };
   for (int64_t i = c.next.fetch_add(1, std::memory_order_relaxed); i < tasks;
        i = c.next.fetch_add(1, std::memory_order_relaxed)) {
+    Done done{c};
     f(i, i + 1);
-    c.done.fetch_add(1, std::memory_order_release);
   }
   for (int spins = 0; c.done.load(std::memory_order_acquire) < tasks; ++spins) {
     if (spins > 4096) std::this_thread::yield();  // the other thread was descheduled: give it the core
