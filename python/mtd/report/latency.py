@@ -111,7 +111,7 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, calls: int
     keep their worker threads spinning for a while after a call (onnxruntime's intra-op pool, OpenVINO's, an
     OpenMP team); on a machine with as many cores as threads, those would still hold the cores during the next
     callable's calls and bill it for them. With the pause each callable is timed in its own steady state, as a
-    user running only that one sees it. Use it for sub-millisecond calls, where this matters."""
+    user running only that one sees it; it matters most for sub-millisecond calls."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
