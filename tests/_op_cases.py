@@ -112,6 +112,13 @@ BRIDGE_CASES = [
     BridgeCase("dense", 7, 12, (4, 6), 40, 0, pool=False),  # dense between rank-space layers: T in, T out
     # the tail written straight out by the packed small GEMM; 17 channels end on an overlapping vector
     BridgeCase("depthwise", 2, 17, (16, 16), 40, 0, pool=False),
+    # the Tucker core and a dense conv without im2col (rows of 8+ output pixels, the core packed): low ranks at high
+    # resolution, a first conv's 3 channels, strides, a 5x3 kernel with unequal padding, 1x5, an odd pooled map
+    BridgeCase("tucker", 4, 6, (16, 16), 24, 5),
+    BridgeCase("dense", 1, 3, (32, 32), 16, 6),
+    BridgeCase("tucker", 4, 5, (18, 20), 20, 7, stride=(2, 2), padding=(2, 1), kernel=(5, 3)),
+    BridgeCase("tucker", 3, 4, (9, 24), 12, 0, pool=False, padding=(0, 2), kernel=(1, 5)),
+    BridgeCase("dense", 2, 7, (15, 13), 19, 5, stride=(1, 2), padding=(0, 1)),
 ]
 
 
@@ -174,6 +181,10 @@ RUN_CASES = {
     # row chunks and several T chunks per task
     "rows": (3, (32, 32), [BridgeCase("depthwise", 1, 40, (1, 1), 200, 30),
                            BridgeCase("cp4", 1, 30, (1, 1), 50, 0, bias=False)]),
+    # low ranks at high resolution: the first conv and a Tucker core without im2col, then one with (a 4-pixel row)
+    "high-res": (2, (32, 32), [BridgeCase("dense", 1, 3, (1, 1), 16, 6),
+                               BridgeCase("tucker", 1, 6, (1, 1), 24, 5),
+                               BridgeCase("tucker", 1, 5, (1, 1), 20, 0, stride=(2, 2))]),
 }
 
 

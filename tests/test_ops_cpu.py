@@ -46,6 +46,9 @@ GEOMETRIES = [
     Geometry(7, 17, 20, 9, (3, 3), (2, 3), padding=(1, 1), relu=True),  # tiny maps: images grouped per task
     Geometry(1, 24, 40, 33, (3, 3), (4, 4), padding=(1, 1)),  # one small map: channels split over threads
     Geometry(8, 6, 10, 5, (3, 3), (6, 5), stride=(2, 2)),  # grouped tiny maps whose last input row is unused
+    # rows of 8+ output pixels and 256+ in the call: Tucker's core without im2col (padded input rows)
+    Geometry(3, 8, 6, 24, (3, 3), (16, 12), padding=(1, 1), relu=True),
+    Geometry(4, 10, 7, 12, (5, 3), (21, 19), stride=(2, 2), padding=(2, 1)),
 ]
 
 

@@ -111,15 +111,53 @@ struct TuckerCore {
   bool pointwise() const {  // 1x1 core without stride/padding: U already is the im2col matrix
     return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   }
-  int64_t extra_elems(int64_t rows_out) const { return pointwise() ? 0 : rows_out * g.wo * k(); }
+  // No im2col: each output row's product reads its kh kernel rows straight from a zero-padded copy of the input rows
+  // (small_gemm_segmented), one copy of the input instead of kh*kw. It pays where the im2col's copies are short and
+  // many against the product (small R1, R2: the high-resolution layers, a first conv's 3 channels); an output row
+  // of fewer than 8 pixels would leave the GEMM's 8-row tiles part-empty and reload the core per few pixels.
+  bool implicit() const {
+    return tap_major && !pointwise() && g.dh == 1 && g.dw == 1 && g.wo >= 8 && product.is_packed();
+  }
+  int64_t padded_w() const { return (g.wo - 1) * g.sw + g.kw; }  // input columns -pw .. (Wo-1)*sw - pw + kw - 1
+  // the im2col matrix (run_channel_split always makes it), or the padded rows where larger
+  int64_t extra_elems(int64_t rows_out) const {
+    const int64_t cols = pointwise() ? 0 : rows_out * g.wo * k();
+    return implicit() ? std::max(cols, ((rows_out - 1) * g.sh + g.kh) * padded_w() * r1) : cols;
+  }
 
   void run(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* cols, T* v) const {
     const int64_t kk = k(), p = (oh1 - oh0) * g.wo;
+    if (implicit()) {
+      const int64_t wp = padded_w();
+      pad_rows(u, lo, rows_in, oh0, oh1, cols);  // (Hp, Wp, R1)
+      for (int64_t oh = oh0; oh < oh1; ++oh) {  // V row (Wo, R2): pixel ow's K values are kh runs of kw*R1
+        product.segmented(g.wo, cols + (oh - oh0) * g.sh * wp * r1, g.sw * r1, g.kw * r1, wp * r1,
+                          v + (oh - oh0) * g.wo * r2, r2);
+      }
+      return;
+    }
     if (!pointwise()) {
       im2col(u, lo, rows_in, oh0, oh1, cols);  // (P, kh*kw*R1)
       u = cols;
     }
     product(p, u, kk, v, r2, nullptr, false);  // V (P, R2) = cols (P, K) core^T
+  }
+
+  // The input rows output rows [oh0, oh1) read, zero-padded: (Hp, Wp, R1), padded row 0 = input row oh0*sh - ph,
+  // padded column 0 = input column -pw. u holds input rows [lo, lo + rows_in).
+  void pad_rows(const T* u, int64_t lo, int64_t rows_in, int64_t oh0, int64_t oh1, T* dst) const {
+    const int64_t wp = padded_w(), hp = (oh1 - oh0 - 1) * g.sh + g.kh;
+    const int64_t left = std::min(g.pw, wp), inside = std::max<int64_t>(0, std::min(g.w, wp - g.pw));
+    for (int64_t r = 0; r < hp; ++r, dst += wp * r1) {
+      const int64_t row = oh0 * g.sh - g.ph + r - lo;  // in u
+      if (row < 0 || row >= rows_in) {
+        std::fill(dst, dst + wp * r1, T(0));
+        continue;
+      }
+      std::fill(dst, dst + left * r1, T(0));
+      std::copy(u + row * g.w * r1, u + (row * g.w + inside) * r1, dst + left * r1);
+      std::fill(dst + (left + inside) * r1, dst + wp * r1, T(0));
+    }
   }
 
   // whole map: im2col split over output rows, then the core GEMM split over R2 blocks

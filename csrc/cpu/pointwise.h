@@ -59,6 +59,14 @@ class Pointwise {
     (*this)(m, x, ldx, y, ldy, 0, n_, false, bias, relu);
   }
 
+  // Y (m, n) = X (m, k) W^T with X's columns in segments (small_gemm_segmented: X (i, kk) is
+  // x[(kk / seg) * seg_ld + i * ldx + kk % seg]); only where W^T is packed (is_packed()).
+  void segmented(int64_t m, const T* x, int64_t ldx, int64_t seg, int64_t seg_ld, T* y, int64_t ldy) const {
+    if (m > 0 && n_ > 0) small_gemm_segmented(m, n_, k_, x, ldx, seg, seg_ld, packed(), ld_, y, ldy, false, nullptr, false);
+  }
+
+  bool is_packed() const { return packed() != nullptr; }
+
   // Y (m, n) [+]= X (m, k1-k0) W[:, k0:k1]^T: the product over a block of the input channels (no bias, ReLU).
   void k_block(int64_t m, const T* x, int64_t ldx, T* y, int64_t ldy, int64_t k0, int64_t k1, bool accumulate) const {
     if (m <= 0 || k0 >= k1 || n_ == 0) return;

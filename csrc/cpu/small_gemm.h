@@ -25,5 +25,16 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
 void small_gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b, int64_t ldb,
                 double* c, int64_t ldc, bool accumulate, const double* bias, bool relu);
 
+// The same product with A's columns in segments of `seg`: A (i, kk) is a[(kk / seg) * seg_ld + i * lda + kk % seg].
+// A conv's im2col matrix without the im2col: over one output row of a zero-padded tap-major input (H, W, R1),
+// segment ki is kernel row ki (kw * R1 contiguous values per pixel, seg_ld = one input row apart) and the pixels are
+// lda = stride * R1 apart (TuckerCore's implicit path).
+void small_gemm_segmented(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, int64_t seg, int64_t seg_ld,
+                          const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate, const float* bias,
+                          bool relu);
+void small_gemm_segmented(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, int64_t seg, int64_t seg_ld,
+                          const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate, const double* bias,
+                          bool relu);
+
 }  // namespace cpu
 }  // namespace mtd

@@ -1,6 +1,7 @@
 // Fused Tucker-2 conv on CPU: 1x1 (R1,S) -> dense kh x kw core (R2,R1) -> 1x1 (T,R2) + bias [ReLU].
-// Same pipeline as cp_conv2d; the middle stage is an im2col of the chunk's U (pixel-major, so each
-// tap is a contiguous copy of R1 values) and one GEMM with the core, all in the task's L2 scratch.
+// Same pipeline as cp_conv2d; the middle stage is one GEMM of the chunk's U with the core, all in the task's L2
+// scratch: through an im2col (pixel-major, so each tap is a contiguous copy of R1 values), or, on rows of 8+
+// pixels with the core packed, straight from zero-padded input rows (TuckerCore::implicit, middle_stages.h).
 #include "cpu/fused_pipeline.h"
 #include "cpu/middle_stages.h"
 #include "cpu/path_choice.h"
