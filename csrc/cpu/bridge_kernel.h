@@ -132,12 +132,20 @@ void bridge_wide(const T* xp, T* op, const Middle& mid, const Window& g, const P
       }
     }
   };
-  // 3. out (P_o, R) = H W_next^T: R split over the threads
-  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads, (rn + 15) / 16));
+  // 3. out (P_o, R) = H W_next^T: R split over the threads, or, where R has too few 16-channel vectors for every
+  // thread (a rank of 5-25 after a 128-512 channel layer), the output pixels
+  const bool by_pixels = (rn + 15) / 16 < threads && p_o >= threads;
+  const int64_t nblocks = by_pixels ? threads : std::max<int64_t>(1, std::min<int64_t>(threads, (rn + 15) / 16));
   auto product = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const auto [c0, c1] = channel_block(rn, nblocks, b);
-      (*next)(p_o, pooled, ld_pooled, op + c0, rn, c0, c1, false, nullptr, false);
+      if (by_pixels) {
+        const int64_t step = ((p_o + nblocks - 1) / nblocks + 7) / 8 * 8;  // whole 8-row GEMM tiles
+        const int64_t q0 = std::min(p_o, b * step), q1 = std::min(p_o, q0 + step);  // pixels [q0, q1), all R
+        (*next)(q1 - q0, pooled + q0 * ld_pooled, ld_pooled, op + q0 * rn, rn, 0, rn, false, nullptr, false);
+      } else {
+        const auto [c0, c1] = channel_block(rn, nblocks, b);
+        (*next)(p_o, pooled, ld_pooled, op + c0, rn, c0, c1, false, nullptr, false);
+      }
     }
   };
   StageCounter c_spatial, c_middle, c_product;
