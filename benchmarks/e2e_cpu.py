@@ -187,6 +187,10 @@ def summarise(rows: List[dict]) -> List[dict]:
         if runtimes:  # against the faster deployment runtime
             fastest = min(runtimes, key=lambda v: med[v])
             entry.update(best_runtime=fastest, vs_best_runtime=round(med[fastest] / best_mtd, 2))
+            # round by round (the two timed within a second of each other): this VM's speed drifts between rounds
+            pairs = list(zip(r["times_ms"][entry["best_mtd"]], r["times_ms"][fastest]))
+            entry.update(rounds_mtd_faster=sum(m < o for m, o in pairs), rounds=len(pairs),
+                         per_round_ratio_median=round(statistics.median(o / m for m, o in pairs), 2))
         out.append(entry)
     return out
 
@@ -206,14 +210,16 @@ def write_markdown(path: str, meta: dict, rows: List[dict], summary: List[dict])
     for r in rows:
         lines.append(f"| {r['kind']} | {r['batch']} | " + " | ".join(f"{r['median_ms'][n]:.2f}" for n in names) + " |")
     lines += ["", "Best mtd variant against the baselines (x = times faster):", "",
-              "| model | batch | best mtd | vs the faster runtime | vs compile(chain) | vs dense | vs compile(dense) "
-              "| vs chain |", "|---|---|---|---|---|---|---|---|"]
+              "| model | batch | best mtd | vs the faster runtime | rounds mtd faster (per-round ratio, median) "
+              "| vs compile(chain) | vs dense | vs compile(dense) | vs chain |", "|---|---|---|---|---|---|---|---|---|"]
     def ratio(s: dict, key: str) -> str:
         return f"{s[key]:.2f}" if key in s else "—"  # not measured (--no-compile, no runtimes)
 
     for s in summary:
         runtime = f"{s['vs_best_runtime']:.2f} ({s['best_runtime']})" if "best_runtime" in s else "—"
-        lines.append(f"| {s['kind']} | {s['batch']} | {s['best_mtd']} {s['best_mtd_ms']:.2f} ms | {runtime} | "
+        rounds = (f"{s['rounds_mtd_faster']} of {s['rounds']} ({s['per_round_ratio_median']:.2f})"
+                  if "rounds" in s else "—")
+        lines.append(f"| {s['kind']} | {s['batch']} | {s['best_mtd']} {s['best_mtd_ms']:.2f} ms | {runtime} | {rounds} | "
                      f"{ratio(s, 'vs_compile_chain')} | {s['vs_dense']:.2f} | {ratio(s, 'vs_compile_dense')} | "
                      f"{s['vs_chain']:.2f} |")
     tmp = path + ".tmp"
